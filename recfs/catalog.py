@@ -1,0 +1,165 @@
+"""The catalog: a durable SQLite record of every recording recfs has heard of.
+
+Queries are shaped so that nothing scales with the size of the catalog: a day's
+listing walks an index, a file is found by its inode (the rowid) or its name, and
+the directory tree above the days comes from a small `days` table kept by a trigger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from recfs.protocol.reports import CallRecord
+
+SCHEMA_VERSION = 1
+
+_CALL_COLUMNS = [f.name for f in fields(CallRecord)]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS recordings (
+    ino INTEGER PRIMARY KEY,      -- the stable inode number: derived from the name
+    name TEXT NOT NULL UNIQUE,
+    day TEXT NOT NULL,            -- PBX-local YYYY-MM-DD: the directory
+    epoch INTEGER,                -- UTC start of the call: mtime
+    {", ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _CALL_COLUMNS if c != "name")},
+    size INTEGER,                 -- exact byte size once known, else NULL
+    added REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recordings_by_day ON recordings(day, ino);
+CREATE TABLE IF NOT EXISTS days (
+    day TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    newest REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS recordings_count_day AFTER INSERT ON recordings BEGIN
+    INSERT INTO days(day, count, newest) VALUES (NEW.day, 1, NEW.added)
+    ON CONFLICT(day) DO UPDATE SET count = count + 1, newest = NEW.added;
+END;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+# File inodes live in [2**62, 2**63), directory inodes in [2**61, 2**62): disjoint by
+# construction, never 1 (the root), and below 2**63 so SQLite's rowid holds them.
+FILE_INO_BASE = 1 << 62
+DIR_INO_BASE = 1 << 61
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def file_ino(name: str, salt: int = 0) -> int:
+    key = name if salt == 0 else f"{salt}\0{name}"
+    return FILE_INO_BASE | (_hash64(key) & (FILE_INO_BASE - 1))
+
+
+def dir_ino(path: str) -> int:
+    return DIR_INO_BASE | (_hash64("dir:" + path) & (DIR_INO_BASE - 1))
+
+
+@dataclass(frozen=True)
+class Recording:
+    ino: int
+    day: str
+    mtime: float
+    size: int | None
+    added: float
+    call: CallRecord
+
+    @property
+    def name(self) -> str:
+        return self.call.name
+
+
+class Catalog:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged report must survive a crash *and* a power cut.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing ---------------------------------------------------------------
+
+    def add(self, call: CallRecord) -> Recording | None:
+        """Record *call* durably. Returns the new Recording, or None if the name was
+        known already (reports come twice; the first one wins)."""
+        if self._db.execute("SELECT 1 FROM recordings WHERE name = ?", (call.name,)).fetchone():
+            return None
+        epoch = call.epoch
+        added = time.time()
+        values = [getattr(call, c) for c in _CALL_COLUMNS]
+        columns = ", ".join(_CALL_COLUMNS)
+        marks = ", ".join("?" for _ in _CALL_COLUMNS)
+        for salt in range(16):
+            ino = file_ino(call.name, salt)
+            try:
+                self._db.execute(
+                    f"INSERT INTO recordings (ino, day, epoch, added, {columns}) "
+                    f"VALUES (?, ?, ?, ?, {marks})",
+                    [ino, call.day, epoch, added, *values],
+                )
+            except sqlite3.IntegrityError:
+                continue  # another name hashed to this inode: take the next salt
+            return Recording(ino, call.day, float(epoch if epoch is not None else added),
+                             None, added, call)
+        raise RuntimeError(f"no free inode number for {call.name!r}")
+
+    def set_size(self, ino: int, size: int) -> None:
+        self._db.execute("UPDATE recordings SET size = ? WHERE ino = ?", (size, ino))
+
+    # -- reading ---------------------------------------------------------------
+
+    @staticmethod
+    def _recording(row: sqlite3.Row) -> Recording:
+        call = CallRecord(**{c: row[c] for c in _CALL_COLUMNS})
+        epoch = row["epoch"]
+        return Recording(row["ino"], row["day"], float(epoch if epoch is not None else row["added"]),
+                         row["size"], row["added"], call)
+
+    def by_ino(self, ino: int) -> Recording | None:
+        row = self._db.execute("SELECT * FROM recordings WHERE ino = ?", (ino,)).fetchone()
+        return self._recording(row) if row else None
+
+    def by_name(self, name: str) -> Recording | None:
+        row = self._db.execute("SELECT * FROM recordings WHERE name = ?", (name,)).fetchone()
+        return self._recording(row) if row else None
+
+    def in_day(self, day: str, after_ino: int = 0, limit: int = 1000) -> list[Recording]:
+        """A day's recordings in inode order, from after *after_ino*: a cursor that
+        stays right while new recordings arrive during a listing."""
+        rows = self._db.execute(
+            "SELECT * FROM recordings WHERE day = ? AND ino > ? ORDER BY ino LIMIT ?",
+            (day, after_ino, limit),
+        ).fetchall()
+        return [self._recording(r) for r in rows]
+
+    def days(self) -> list[tuple[str, int, float]]:
+        """(day, number of recordings, time the newest was added), for every day."""
+        return [(r["day"], r["count"], r["newest"])
+                for r in self._db.execute("SELECT day, count, newest FROM days ORDER BY day")]
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COALESCE(SUM(count), 0) FROM days").fetchone()[0]
+
+    def total_known_size(self) -> int:
+        return self._db.execute("SELECT COALESCE(SUM(size), 0) FROM recordings").fetchone()[0]
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))

@@ -1,0 +1,211 @@
+"""Mount options: `-o key=value,...`, an optional TOML file with the same keys, and
+the defaults. Options on the command line win over the file.
+
+Unknown options are errors (a typo must not silently mount with defaults), except
+the ones mount(8), fstab and systemd add, which are accepted and dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from recfs.protocol.client import normalise_api_version
+
+DEFAULT_LISTEN = ("0.0.0.0", 8260)
+
+# Said by mount(8), fstab or systemd; meaningless to recfs, harmless to accept.
+_IGNORED = {"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "defaults",
+            "rw", "ro", "noexec", "exec", "nosuid", "suid", "nodev", "dev", "noatime",
+            "atime", "relatime"}
+_IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")
+
+_FLAGS = {"insecure", "allow_other", "allow_root", "foreground"}
+_INTS = {"max_downloads", "uid", "gid", "heartbeat"}
+_FLOATS = {"io_timeout"}
+_STRINGS = {"user", "password_file", "api_version", "cafile", "listen", "report_url",
+            "state_dir", "cache_dir", "prefetch", "umask", "log_level", "log_file", "config"}
+
+
+class OptionError(ValueError):
+    pass
+
+
+@dataclass
+class MountOptions:
+    source: str
+    mountpoint: str
+    user: str = "api"
+    password_file: str | None = None
+    api_version: str = "v2.0.0"
+    cafile: str | None = None
+    insecure: bool = False
+    listen: tuple[str, int] = DEFAULT_LISTEN
+    report_url: str | None = None
+    state_dir: str | None = None
+    cache_dir: str | None = None
+    prefetch: str = "new"
+    max_downloads: int = 2
+    io_timeout: float = 30.0
+    heartbeat: int = 300
+    allow_other: bool = False
+    allow_root: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    umask: int = 0o022
+    log_level: str = "INFO"
+    log_file: str | None = None
+    foreground: bool = False
+    password: str | None = field(default=None, repr=False)  # only from RECFS_PASSWORD
+
+    @property
+    def slug(self) -> str:
+        """A directory name for this PBX's state and cache."""
+        parts = urlsplit(self.source)
+        host = (parts.hostname or "pbx").replace(":", "_")
+        return f"{host}-{parts.port or 8088}"
+
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir)
+        if os.getuid() == 0:
+            return Path("/var/lib/recfs") / self.slug
+        base = os.environ.get("XDG_STATE_HOME") or os.path.join(_home(), ".local", "state")
+        return Path(base) / "recfs" / self.slug
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        if os.getuid() == 0:
+            return Path("/var/cache/recfs") / self.slug
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(_home(), ".cache")
+        return Path(base) / "recfs" / self.slug
+
+    def read_password(self) -> str:
+        """Read each time a login needs it, so a corrected password file is picked up."""
+        if self.password_file:
+            try:
+                text = Path(self.password_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise OptionError(f"cannot read password_file {self.password_file}: {exc.strerror}") from None
+            return text.rstrip("\r\n")
+        if self.password is not None:
+            return self.password
+        raise OptionError("no password: give -o password_file=FILE or set RECFS_PASSWORD")
+
+
+def _home() -> str:
+    # systemd units may run without HOME.
+    home = os.environ.get("HOME")
+    if home:
+        return home
+    import pwd
+    return pwd.getpwuid(os.getuid()).pw_dir
+
+
+def split_options(text: str) -> dict[str, str | bool]:
+    result: dict[str, str | bool] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        result[key.strip()] = value.strip() if sep else True
+    return result
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise OptionError(f"listen must be HOST:PORT, not {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _coerce(key: str, value: object) -> object:
+    if key in _FLAGS:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise OptionError(f"{key} is a flag, not {value!r}")
+    if value is True:
+        raise OptionError(f"option {key} needs a value ({key}=...)")
+    if key in _INTS:
+        try:
+            return int(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise OptionError(f"{key} must be a whole number, not {value!r}") from None
+    if key in _FLOATS:
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise OptionError(f"{key} must be a number, not {value!r}") from None
+    return str(value)
+
+
+def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
+                  environ: dict[str, str] | None = None) -> MountOptions:
+    environ = os.environ if environ is None else environ
+    merged: dict[str, object] = {}
+    config_file = raw.get("config")
+    if isinstance(config_file, str):
+        try:
+            with open(config_file, "rb") as f:
+                merged.update(tomllib.load(f))
+        except OSError as exc:
+            raise OptionError(f"cannot read config {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise OptionError(f"config {config_file} is not valid TOML: {exc}") from None
+    merged.update(raw)
+    merged.pop("config", None)
+
+    opts = MountOptions(source=source, mountpoint=mountpoint)
+    for key, value in merged.items():
+        if key in _IGNORED or key.startswith(_IGNORED_PREFIXES):
+            continue
+        if key not in _FLAGS | _INTS | _FLOATS | _STRINGS:
+            raise OptionError(f"unknown option {key!r}")
+        value = _coerce(key, value)
+        if key == "listen":
+            value = _parse_listen(str(value))
+        elif key == "umask":
+            try:
+                value = int(str(value), 8)
+            except ValueError:
+                raise OptionError(f"umask must be octal, not {value!r}") from None
+        elif key == "api_version":
+            try:
+                value = normalise_api_version(str(value))
+            except ValueError as exc:
+                raise OptionError(str(exc)) from None
+        elif key == "prefetch" and value not in ("new", "none"):
+            raise OptionError(f"prefetch must be new or none, not {value!r}")
+        elif key == "max_downloads" and int(value) < 1:  # type: ignore[arg-type]
+            raise OptionError("max_downloads must be at least 1")
+        setattr(opts, key, value)
+
+    parts = urlsplit(source)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OptionError(f"SOURCE must be the PBX's URL, such as https://pbx.example:8088, not {source!r}")
+    if not opts.password_file and "RECFS_PASSWORD" in environ:
+        opts.password = environ["RECFS_PASSWORD"]
+    if not opts.password_file and opts.password is None:
+        raise OptionError("no password: give -o password_file=FILE or set RECFS_PASSWORD")
+    if opts.cafile and not os.path.isfile(opts.cafile):
+        raise OptionError(f"cafile {opts.cafile} does not exist")
+    return opts
+
+
+def report_target_fields(opts: MountOptions, port: int) -> tuple[int, str, str]:
+    """(port, url, urltag) to register at login: urltag 1 with report_url (NAT), else
+    the receiver's own port and path."""
+    if opts.report_url:
+        hostport, _, _path = opts.report_url.partition("/")
+        _host, _, rport = hostport.rpartition(":")
+        if not rport.isdigit():
+            raise OptionError(f"report_url must be HOST:PORT/PATH, not {opts.report_url!r}")
+        return int(rport), opts.report_url, "1"
+    return port, "/recfs/report", "0"
+

@@ -1,0 +1,239 @@
+"""The content layer: bytes of recordings, from the cache or from the PBX.
+
+One Transfer per recording at a time, shared by every reader and the prefetcher;
+reads wait only for the bytes they need; a finished file is checked against its
+announced size, fsynced and renamed into the cache, and its size recorded in the
+catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from recfs.catalog import Catalog, Recording
+from recfs.content.cache import DiskCache
+from recfs.content.slots import Slots
+from recfs.content.transfer import Transfer, TransferFailed
+from recfs.protocol.client import PbxClient
+from recfs.protocol.errors import PbxError
+
+log = logging.getLogger("recfs.content")
+
+
+@dataclass
+class DownloadPolicy:
+    max_downloads: int = 2
+    attempts: int = 3  # per transfer, each with a fresh get_random
+    backoff: float = 1.0  # seconds before the 2nd attempt; doubles
+
+
+class ContentStore:
+    def __init__(self, catalog: Catalog, cache: DiskCache, client: PbxClient,
+                 policy: DownloadPolicy | None = None):
+        self.catalog = catalog
+        self.cache = cache
+        self.client = client
+        self.policy = policy or DownloadPolicy()
+        self.slots = Slots(self.policy.max_downloads)
+        self.transfers: dict[int, Transfer] = {}
+        self._nursery: trio.Nursery | None = None
+        self._prefetch_send, self._prefetch_receive = trio.open_memory_channel[Recording](math.inf)
+        self.downloads_completed = 0
+        self.downloads_failed = 0
+        self.on_size: Callable[[int, int], None] | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the transfers and prefetch workers; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for _ in range(self.policy.max_downloads):
+                nursery.start_soon(self._prefetch_worker)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- what the filesystem asks ---------------------------------------------------
+
+    def known_size(self, rec: Recording) -> int | None:
+        """The exact size without touching the network, if it is known at all."""
+        if rec.size is not None:
+            return rec.size
+        transfer = self.transfers.get(rec.ino)
+        if transfer is not None and transfer.size is not None:
+            return transfer.size
+        return self.cache.cached_size(rec.ino)
+
+    async def size(self, rec: Recording) -> int:
+        """The exact size; may start the download and wait for its first bytes."""
+        size = self.known_size(rec)
+        if size is not None:
+            return size
+        transfer = self.transfer(rec)
+        transfer.readers += 1
+        try:
+            return await transfer.wait_size()
+        finally:
+            transfer.readers -= 1
+
+    def open(self, rec: Recording) -> "OpenRecording":
+        handle = OpenRecording(self, rec)
+        handle.attach()
+        return handle
+
+    def prefetch(self, rec: Recording) -> None:
+        self._prefetch_send.send_nowait(rec)
+
+    # -- transfers --------------------------------------------------------------
+
+    def transfer(self, rec: Recording) -> Transfer:
+        """The running transfer of *rec*, or a new one."""
+        transfer = self.transfers.get(rec.ino)
+        if transfer is not None:
+            return transfer
+        if self._nursery is None:
+            raise RuntimeError("ContentStore.run() is not running")
+        transfer = Transfer(rec.ino, rec.name, rec.size, self.cache.create_partial(rec.ino))
+        self.transfers[rec.ino] = transfer
+        self._nursery.start_soon(self._download, transfer)
+        return transfer
+
+    async def _download(self, transfer: Transfer) -> None:
+        try:
+            for attempt in range(1, self.policy.attempts + 1):
+                try:
+                    async with self.slots.hold(lambda: transfer.urgent):
+                        await self._fetch_once(transfer)
+                    break
+                except (PbxError, TransferFailed) as exc:
+                    final = attempt == self.policy.attempts or not _retryable(exc)
+                    log.warning("download of %s failed (attempt %d of %d): %s%s", transfer.name,
+                                attempt, self.policy.attempts, exc, "" if final else "; retrying")
+                    if final:
+                        raise
+                    await trio.sleep(self.policy.backoff * 2 ** (attempt - 1))
+            await self.cache.commit(transfer.ino, transfer.fd)
+        except (PbxError, TransferFailed, OSError) as exc:
+            self.downloads_failed += 1
+            self.cache.discard_partial(transfer.ino)
+            transfer.fail(exc)
+        except BaseException as exc:  # cancelled at unmount, or a bug: readers must not hang
+            self.cache.discard_partial(transfer.ino)
+            transfer.fail(TransferFailed(f"download interrupted: {type(exc).__name__}"))
+            raise
+        else:
+            assert transfer.size is not None
+            self.catalog.set_size(transfer.ino, transfer.size)
+            if self.on_size is not None:
+                self.on_size(transfer.ino, transfer.size)
+            self.downloads_completed += 1
+            transfer.finish()
+            log.info("cached %s (%d bytes)", transfer.name, transfer.size)
+        finally:
+            os.close(transfer.fd)
+            if self.transfers.get(transfer.ino) is transfer:
+                del self.transfers[transfer.ino]
+
+    async def _fetch_once(self, transfer: Transfer) -> None:
+        """One handshake and one body. Bytes already on disk from an earlier attempt
+        are skipped, not rewritten: the PBX has no Range, so they are read and dropped."""
+        async with self.client.download(transfer.name) as body:
+            announced = body.announced_size
+            if announced is not None:
+                if transfer.size is None:
+                    transfer.announce_size(announced)
+                elif transfer.size != announced:
+                    raise TransferFailed(f"PBX announced {announced} bytes, "
+                                         f"but the recording is known to have {transfer.size}")
+            position = 0
+            skip = transfer.have
+
+            async def pieces():
+                yield body.head
+                async for chunk in body.chunks():
+                    yield chunk
+
+            async for chunk in pieces():
+                end = position + len(chunk)
+                if transfer.size is not None and end > transfer.size:
+                    raise TransferFailed(f"PBX sent more than the announced {transfer.size} bytes")
+                if end > skip:
+                    start = max(position, skip)
+                    _pwrite_all(transfer.fd, chunk[start - position:], start)
+                    transfer.arrived(end)
+                position = end
+            if transfer.size is None:
+                transfer.announce_size(position)
+            if position != transfer.size:
+                raise TransferFailed(f"body ended after {position} of {transfer.size} bytes")
+
+    async def _prefetch_worker(self) -> None:
+        async for rec in self._prefetch_receive:
+            if self.cache.cached_size(rec.ino) is not None:
+                continue
+            transfer = self.transfer(rec)
+            await transfer.done.wait()
+
+
+def _retryable(error: Exception) -> bool:
+    # A PBX that answered with an errno (no such file, bad random...) will answer the
+    # same again; a broken connection or short body may not.
+    return not (isinstance(error, PbxError) and error.errno is not None)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class OpenRecording:
+    """An open file: reads come from the cache, or wait on the shared transfer."""
+
+    def __init__(self, store: ContentStore, rec: Recording):
+        self.store = store
+        self.rec = rec
+        self.fd: int | None = None
+        self.transfer: Transfer | None = None
+
+    def attach(self) -> None:
+        """Find the bytes: the cached file if complete, else the (new or running)
+        transfer's partial file, which becomes the cached file when it completes."""
+        self._detach()
+        fd = self.store.cache.open_complete(self.rec.ino, self.store.known_size(self.rec))
+        if fd is not None:
+            self.fd = fd
+            return
+        transfer = self.store.transfer(self.rec)
+        self.fd = self.store.cache.open_partial(self.rec.ino)
+        self.transfer = transfer
+        transfer.readers += 1
+
+    def _detach(self) -> None:
+        if self.transfer is not None:
+            self.transfer.readers -= 1
+            self.transfer = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    async def read(self, offset: int, size: int) -> bytes:
+        if self.transfer is not None and self.transfer.error is not None:
+            self.attach()  # the last download failed: a new read deserves a new try
+        if self.transfer is not None and not self.transfer.complete:
+            total = await self.transfer.wait_size()
+            end = min(offset + size, total)
+            if end <= offset:
+                return b""
+            await self.transfer.wait_for(end)
+        assert self.fd is not None
+        return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        self._detach()

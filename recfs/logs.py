@@ -1,0 +1,77 @@
+"""Logging set-up, and the one place that keeps secrets out of log lines.
+
+Tokens and randoms travel in URLs and JSON bodies; libraries (httpx, hypercorn)
+log URLs. Rather than trusting every call site, a filter on the root handler
+rewrites every record: known secret values, and anything that looks like a
+``token=``/``random=``/``password`` value, become ``***``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+
+_PATTERNS = [
+    # query strings and form-like text: token=abc, random=abc
+    re.compile(r"(?i)((?:token|random|password)=)[^&\s\"',;]+"),
+    # JSON: "token": "abc"
+    re.compile(r"(?i)(\"(?:token|random|password)\"\s*:\s*\")[^\"]*"),
+]
+
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Make sure *value* never appears in a log line (tokens, randoms, passwords)."""
+    if value and len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+def forget_secret(value: str | None) -> None:
+    with _lock:
+        _secrets.discard(value or "")
+
+
+def redact(text: str) -> str:
+    for pattern in _PATTERNS:
+        text = pattern.sub(r"\1***", text)
+    with _lock:
+        secrets = list(_secrets)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        clean = redact(message)
+        record.msg, record.args = clean, None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def setup_logging(level: str = "INFO", files: list[str] | None = None) -> None:
+    """Log lines to stderr (and to *files*), every line through the redactor."""
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers += [logging.FileHandler(path) for path in files or []]
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(RedactingFilter())
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Per-request lines from the HTTP libraries would drown recfs's own events.
+    for noisy in ("httpx", "httpcore", "hpack", "hypercorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

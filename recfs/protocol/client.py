@@ -1,0 +1,388 @@
+"""The PBX API client: session (login, heartbeat, logout), API calls with the one
+re-login the protocol asks for, and the get_random + download handshake.
+
+Everything here speaks ../shared/pbx-api.md: HTTP 200 always, failure in the JSON
+body, one request per connection, tokens that die after 30 idle minutes, randoms
+that live 30 s and work once, and a lock-out after 5 failed logins that recfs must
+never cause.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+
+from recfs.logs import forget_secret, register_secret
+from recfs.protocol.errors import BAD_CREDENTIALS, LOCKED_OUT, PbxError
+
+log = logging.getLogger("recfs.pbx")
+
+API_VERSIONS = ("v2.0.0", "v1.1.0", "v1.0.1")
+# What `version` means at login: the *report format*, not the URL path version.
+REPORT_FORMAT = {"v2.0.0": "2.0.0", "v1.1.0": "1.0.2", "v1.0.1": "1.0.2"}
+
+# How many bytes of a download body decide whether it is audio or an error.
+SNIFF_BYTES = 12
+
+
+def normalise_api_version(value: str) -> str:
+    version = value if value.startswith("v") else f"v{value}"
+    if version not in API_VERSIONS:
+        raise ValueError(f"api_version must be one of {', '.join(API_VERSIONS)}, not {value!r}")
+    return version
+
+
+def md5_hex(password: str) -> str:
+    return hashlib.md5(password.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReportTarget:
+    """Where the PBX should push reports, as registered at login and heartbeat."""
+
+    port: int
+    url: str = ""  # urltag 0: a path on the login's source IP; urltag 1: host:port/path
+    urltag: str = "0"
+
+
+class LoginGuard:
+    """Decides when the next login attempt may go out.
+
+    The PBX blocks an IP for 10 minutes after 5 consecutive failed logins, and that
+    would block every other API client at the same address. recfs stops on its own
+    after 3 refusals of the same credentials and waits for them to change; network
+    errors (which the PBX never counted) only back off.
+    """
+
+    MAX_BAD_CREDENTIALS = 3
+    BAD_CREDENTIALS_PAUSE = 60.0
+    LOCKOUT_PAUSE = 610.0
+    NETWORK_PAUSE_MAX = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self.bad_credentials = 0
+        self._refused_secret: str | None = None
+        self._network_failures = 0
+        self.not_before = 0.0
+        self.last_error: PbxError | None = None
+
+    def check(self, secret: str) -> None:
+        """Raise instead of sending a login that would be unwise now."""
+        if self._refused_secret is not None and secret != self._refused_secret:
+            # New credentials (password file edited): start afresh.
+            self.bad_credentials = 0
+            self._refused_secret = None
+            self.not_before = 0.0
+        if self.bad_credentials >= self.MAX_BAD_CREDENTIALS:
+            raise PbxError(
+                "login",
+                BAD_CREDENTIALS,
+                f"refused {self.bad_credentials} times; not retrying until the credentials "
+                "change, so as never to trigger the PBX's lock-out",
+            )
+        wait = self.not_before - self._clock()
+        if wait > 0:
+            errno = self.last_error.errno if self.last_error else None
+            raise PbxError("login", errno, f"next attempt allowed in {wait:.0f} s")
+
+    def succeeded(self) -> None:
+        self.bad_credentials = 0
+        self._refused_secret = None
+        self._network_failures = 0
+        self.not_before = 0.0
+        self.last_error = None
+
+    def failed(self, error: PbxError, secret: str) -> None:
+        self.last_error = error
+        now = self._clock()
+        if error.errno == BAD_CREDENTIALS:
+            self.bad_credentials += 1
+            self._refused_secret = secret
+            self.not_before = now + self.BAD_CREDENTIALS_PAUSE * self.bad_credentials
+        elif error.errno == LOCKED_OUT:
+            self.not_before = now + self.LOCKOUT_PAUSE
+        elif error.errno is None:
+            self._network_failures += 1
+            self.not_before = now + min(2.0 ** (self._network_failures - 1), self.NETWORK_PAUSE_MAX)
+        else:
+            self.not_before = now + 30.0
+
+    @property
+    def gave_up(self) -> bool:
+        return self.bad_credentials >= self.MAX_BAD_CREDENTIALS
+
+    @property
+    def wait(self) -> float:
+        return max(0.0, self.not_before - self._clock())
+
+
+@dataclass
+class RecordingBody:
+    """A download that has been sniffed and is audio (or at least not an error)."""
+
+    name: str
+    head: bytes  # the first bytes, already read off the wire
+    content_length: int | None
+    riff_size: int | None  # from the WAV header: the file's length, if it is a RIFF file
+    _rest: AsyncIterator[bytes]
+
+    @property
+    def announced_size(self) -> int | None:
+        return self.content_length if self.content_length is not None else self.riff_size
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The rest of the body, after `head`."""
+        async for chunk in self._rest:
+            if chunk:
+                yield chunk
+
+
+def sniff(head: bytes) -> tuple[str, int | None]:
+    """Classify the first bytes of a download body: ('wav', riff_size),
+    ('json', None), ('html', None) or ('other', None)."""
+    stripped = head.lstrip()
+    if stripped.startswith(b"{"):
+        return "json", None
+    if stripped[:1] == b"<":
+        return "html", None
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav", int.from_bytes(head[4:8], "little") + 8
+    return "other", None
+
+
+def parse_failure(operation: str, raw: bytes) -> PbxError:
+    """Turn a failure body into a PbxError that names the errno."""
+    try:
+        body = json.loads(raw.decode("utf-8", "replace"))
+    except ValueError:
+        return PbxError(operation, None, "PBX answered neither success nor a JSON error")
+    if not isinstance(body, dict):
+        return PbxError(operation, None, "PBX answered JSON that is not an object")
+    errno = body.get("errno")
+    return PbxError(operation, str(errno) if errno is not None else None,
+                    None if errno is not None else "PBX answered without an errno")
+
+
+def make_ssl_verify(cafile: str | None, insecure: bool) -> ssl.SSLContext | bool:
+    if insecure:
+        return False
+    context = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
+    return context
+
+
+class PbxClient:
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: Callable[[], str],
+        *,
+        api_version: str = "v2.0.0",
+        target: ReportTarget,
+        verify: ssl.SSLContext | bool = True,
+        io_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self._password = password
+        self.api_version = normalise_api_version(api_version)
+        self.target = target
+        self.guard = LoginGuard(clock)
+        self._token: str | None = None
+        self._login_lock = trio.Lock()
+        self._generation = 0  # bumped at each successful login
+        self.logins = 0
+        self.last_interaction: float | None = None
+        timeout = httpx.Timeout(io_timeout, connect=connect_timeout)
+        self._http = httpx.AsyncClient(
+            verify=verify,
+            timeout=timeout,
+            transport=transport,
+            # The PBX closes after every response; a pool would only hold dead sockets.
+            limits=httpx.Limits(max_keepalive_connections=0),
+            headers={"User-Agent": "recfs"},
+        )
+
+    # -- session -------------------------------------------------------------
+
+    @property
+    def logged_in(self) -> bool:
+        return self._token is not None
+
+    def _url(self, endpoint: str) -> str:
+        return f"{self.base_url}/api/{self.api_version}/{endpoint}"
+
+    async def _post(self, operation: str, endpoint: str, body: dict[str, Any],
+                    token: str | None) -> dict[str, Any]:
+        params = {"token": token} if token is not None else None
+        try:
+            response = await self._http.post(self._url(endpoint), json=body, params=params)
+        except httpx.HTTPError as exc:
+            raise PbxError(operation, None, f"{type(exc).__name__}: {exc}") from None
+        raw = response.content
+        try:
+            reply = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            raise PbxError(operation, None,
+                           f"PBX answered HTTP {response.status_code} with a body that is not JSON") from None
+        if not isinstance(reply, dict):
+            raise PbxError(operation, None, "PBX answered JSON that is not an object")
+        if reply.get("status") != "Success":
+            raise parse_failure(operation, raw)
+        self.last_interaction = time.time()
+        return reply
+
+    async def login(self) -> None:
+        """Log in unless another task already did so while we waited for the lock."""
+        generation = self._generation
+        async with self._login_lock:
+            if self._generation != generation and self._token is not None:
+                return
+            password = self._password()
+            self.guard.check(password)
+            body = {
+                "username": self.username,
+                "password": md5_hex(password),
+                "port": str(self.target.port),
+                "version": REPORT_FORMAT[self.api_version],
+            }
+            if self.target.url:
+                body["url"] = self.target.url
+                body["urltag"] = self.target.urltag
+            try:
+                reply = await self._post("login", "login", body, None)
+            except PbxError as exc:
+                self.guard.failed(exc, password)
+                log.warning("%s", exc)
+                raise
+            token = reply.get("token")
+            if not isinstance(token, str) or not token:
+                error = PbxError("login", None, "PBX answered Success without a token")
+                self.guard.failed(error, password)
+                raise error
+            register_secret(token)
+            self._token = token
+            self._generation += 1
+            self.logins += 1
+            self.guard.succeeded()
+            log.info("logged in to %s as %s (API %s)", self.base_url, self.username, self.api_version)
+
+    def _drop_token(self, token: str | None) -> None:
+        if token is not None and self._token == token:
+            self._token = None
+
+    async def call(self, operation: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An API call with a token; a dead token means one login and one retry."""
+        for attempt in (1, 2):
+            if self._token is None:
+                await self.login()
+            token = self._token
+            try:
+                return await self._post(operation, endpoint, body, token)
+            except PbxError as exc:
+                if exc.token_problem and attempt == 1:
+                    log.info("token no longer valid (errno %s); logging in again", exc.errno)
+                    self._drop_token(token)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def heartbeat(self, ipaddr: str) -> None:
+        body = {"ipaddr": ipaddr, "port": str(self.target.port),
+                "url": self.target.url, "urltag": self.target.urltag}
+        await self.call("heartbeat", "heartbeat", body)
+
+    async def logout(self) -> None:
+        token = self._token
+        if token is None:
+            return
+        self._token = None
+        try:
+            await self._post("logout", "logout", {}, token)
+            log.info("logged out of %s", self.base_url)
+        finally:
+            forget_secret(token)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- recordings ------------------------------------------------------------
+
+    async def _handshake(self, name: str) -> tuple[str, str]:
+        reply = await self.call("get_random", "recording/get_random", {"recording": name})
+        random = reply.get("random")
+        if not isinstance(random, str) or not random:
+            raise PbxError("get_random", None, "PBX answered Success without a random")
+        register_secret(random)
+        token = self._token
+        assert token is not None
+        return random, token
+
+    @asynccontextmanager
+    async def download(self, name: str) -> AsyncIterator[RecordingBody]:
+        """get_random, then at once the download GET, streamed and sniffed.
+
+        A random is never fetched ahead and never reused: every call (and the one
+        retry after a token error) starts with a fresh handshake.
+        """
+        for attempt in (1, 2):
+            random, token = await self._handshake(name)
+            params = {"recording": name, "random": random, "token": token}
+            try:
+                async with self._http.stream("GET", self._url("recording/download"),
+                                             params=params) as response:
+                    head = b""
+                    raw = response.aiter_bytes()
+                    async for chunk in raw:
+                        head += chunk
+                        if len(head) >= SNIFF_BYTES:
+                            break
+                    kind, riff_size = sniff(head)
+                    if kind == "json":
+                        async for chunk in raw:
+                            head += chunk
+                            if len(head) > 65536:
+                                break
+                        error = parse_failure("download", head)
+                        if error.token_problem and attempt == 1:
+                            self._drop_token(token)
+                            continue
+                        raise error
+                    if kind == "html":
+                        raise PbxError("download", None, "PBX answered an HTML page, not audio")
+                    if not head:
+                        raise PbxError("download", None, "PBX answered an empty body")
+                    yield RecordingBody(name, head, _content_length(response), riff_size, raw)
+                    return
+            except httpx.HTTPError as exc:
+                raise PbxError("download", None, f"{type(exc).__name__}: {exc}") from None
+            finally:
+                forget_secret(random)
+        raise AssertionError("unreachable")
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length")
+    if value is None or "chunked" in response.headers.get("transfer-encoding", "").lower():
+        return None
+    if response.headers.get("content-encoding", "identity").lower() != "identity":
+        return None  # the length of the encoded body, not of the file
+    try:
+        length = int(value)
+    except ValueError:
+        return None
+    return length if length >= 0 else None

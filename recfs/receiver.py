@@ -1,0 +1,91 @@
+"""The report receiver: the HTTP endpoint the PBX pushes NewCdr reports to.
+
+Hypercorn serves it in the mount's own trio loop; this module is only the ASGI
+application and the server settings. Any path is accepted: the PBX posts to the
+path registered at login, or to / when none was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from recfs.protocol.reports import MAX_REPORT_BYTES
+
+log = logging.getLogger("recfs.receiver")
+
+Handler = Callable[[bytes, str], tuple[int, str]]
+
+
+class ReportApp:
+    def __init__(self, handle: Handler):
+        self.handle = handle
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        client = scope.get("client") or ("?", 0)
+        peer = f"{client[0]}:{client[1]}"
+        if scope["method"] != "POST":
+            await _reply(send, 405, "only POST")
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_REPORT_BYTES:
+                log.warning("refused a report from %s: larger than %d bytes", peer, MAX_REPORT_BYTES)
+                await _reply(send, 413, "too large")
+                return
+            if not message.get("more_body", False):
+                break
+        status, reason = self.handle(bytes(body), peer)
+        await _reply(send, status, reason)
+
+
+async def _reply(send, status: int, text: str) -> None:
+    payload = text.encode("utf-8", "replace") + b"\n"
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def receiver_config(host: str, port: int) -> Config:
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("recfs.receiver.server")
+    config.include_server_header = False
+    config.keep_alive_timeout = 5
+    config.read_timeout = 10
+    config.graceful_timeout = 1
+    return config
+
+
+async def serve_reports(handle: Handler, host: str, port: int, stop: trio.Event, *,
+                        task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until *stop* is set; task_status gets the bound port."""
+    async def bound(task_status=trio.TASK_STATUS_IGNORED):
+        await serve(ReportApp(handle), receiver_config(host, port), shutdown_trigger=stop.wait,
+                    task_status=task_status, mode="asgi")
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(bound)
+        actual = int(binds[0].rsplit(":", 1)[1])
+        log.info("receiving PBX reports on %s:%d", host, actual)
+        task_status.started(actual)

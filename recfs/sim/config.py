@@ -1,0 +1,41 @@
+"""Everything a simulator run can be told, in one dataclass (CLI, demo and tests
+build it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recfs.sim import state
+
+
+@dataclass
+class SimConfig:
+    # 127.0.0.1:0 suits in-process use (tests, `recfs demo`); the CLI defaults to
+    # 0.0.0.0:8088, the PBX's factory port.
+    host: str = "127.0.0.1"
+    port: int = 0
+    # None → a temporary directory, removed when the simulator stops.
+    data_dir: Path | None = None
+    user: str = "api"
+    password: str = "recfs-demo"
+    tls: bool = True
+    # None → data_dir/tls. A certificate already there is reused if it still fits.
+    cert_dir: Path | None = None
+    cert_hostnames: list[str] = field(default_factory=list)
+    calls_per_minute: float = 6.0
+    min_duration: int = 3
+    max_duration: int = 120
+    token_ttl: float = state.DEFAULT_TOKEN_TTL
+    random_ttl: float = state.DEFAULT_RANDOM_TTL
+    lockout_attempts: int = state.DEFAULT_LOCKOUT_ATTEMPTS
+    lockout_seconds: float = state.DEFAULT_LOCKOUT_SECONDS
+    report_retry_interval: float = 5.0
+    report_retry_limit: int = 120
+    # Minutes east of UTC for PBX-local times; None → this machine's current offset.
+    utc_offset: int | None = None
+    # Same form as POST /sim/faults: {"name": value | {"value": v, "times": n}}.
+    faults: dict[str, Any] = field(default_factory=dict)
+    # Seeds the choice of numbers, types and durations (None → unpredictable).
+    seed: int | None = None

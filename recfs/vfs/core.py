@@ -1,0 +1,239 @@
+"""The virtual filesystem: names, inodes, attributes and reads, in plain Python.
+
+No pyfuse3 here (the adapter in recfs/fuse_ops.py translates), so all of it is
+tested without mounting. Errors are FsError(errno). Metadata answers come from the
+catalog and memory; only a file whose size nobody knows yet, or its bytes, can
+cause network traffic.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from recfs.catalog import Catalog, Recording
+from recfs.content.store import ContentStore, OpenRecording
+from recfs.content.transfer import TransferFailed
+from recfs.protocol.errors import PbxError
+from recfs.vfs.tree import ROOT_INO, DirNode, DirTree
+
+log = logging.getLogger("recfs.vfs")
+
+# Recordings never change once complete: the kernel may cache them for long.
+FILE_TIMEOUT = 3600.0
+# Directories gain entries: the kernel re-asks at least this often.
+DIR_TIMEOUT = 1.0
+BLOCK_SIZE = 4096
+
+XATTR_PREFIX = "user.recfs."
+# user.recfs.<field> for each CallRecord field a person or a backup tool wants kept.
+XATTR_FIELDS = ("caller", "callee", "type", "status", "duration", "talk_duration", "callid",
+                "timestart", "trunk", "did", "pbx_serial")
+
+
+class FsError(Exception):
+    def __init__(self, code: int, message: str = ""):
+        self.errno = code
+        super().__init__(message or os.strerror(code))
+
+
+@dataclass(frozen=True)
+class Owner:
+    uid: int
+    gid: int
+    umask: int = 0o022
+
+    @property
+    def file_mode(self) -> int:
+        return stat.S_IFREG | (0o444 & ~self.umask)
+
+    @property
+    def dir_mode(self) -> int:
+        return stat.S_IFDIR | (0o555 & ~self.umask)
+
+
+@dataclass(frozen=True)
+class Attributes:
+    ino: int
+    mode: int
+    nlink: int
+    size: int
+    uid: int
+    gid: int
+    mtime: float
+    timeout: float  # seconds the kernel may trust this entry and these attributes
+
+    @property
+    def blocks(self) -> int:
+        return (self.size + 511) // 512
+
+
+class RecordingsFs:
+    def __init__(self, catalog: Catalog, content: ContentStore, owner: Owner,
+                 mount_time: float | None = None):
+        self.catalog = catalog
+        self.content = content
+        self.owner = owner
+        self.tree = DirTree(mount_time if mount_time is not None else time.time())
+        for day, _count, newest in catalog.days():
+            self.tree.add_day(day, newest)
+        self._handles: dict[int, OpenRecording] = {}
+        self._next_fh = itertools.count(1)
+
+    # -- news from the ingest side --------------------------------------------------
+
+    def added(self, rec: Recording) -> None:
+        """A recording was just committed to the catalog: make its directory exist."""
+        self.tree.add_day(rec.day, rec.added)
+
+    # -- attributes ------------------------------------------------------------
+
+    def _dir_attributes(self, node: DirNode) -> Attributes:
+        return Attributes(node.ino, self.owner.dir_mode, 2 + len(node.children), 0,
+                          self.owner.uid, self.owner.gid, node.mtime, DIR_TIMEOUT)
+
+    def _file_attributes(self, rec: Recording, size: int | None) -> Attributes:
+        # An unknown size is only ever shown with timeout 0, so the kernel asks
+        # again (and then waits for the real size) before anyone can use it.
+        return Attributes(rec.ino, self.owner.file_mode, 1, size or 0, self.owner.uid,
+                          self.owner.gid, rec.mtime, FILE_TIMEOUT if size is not None else 0.0)
+
+    async def _exact_file_attributes(self, rec: Recording) -> Attributes:
+        try:
+            size = await self.content.size(rec)
+        except (TransferFailed, PbxError) as exc:
+            log.warning("size of %s unknown: %s", rec.name, exc)
+            raise FsError(errno.EIO) from None
+        return self._file_attributes(rec, size)
+
+    def _recording(self, ino: int) -> Recording:
+        rec = self.catalog.by_ino(ino)
+        if rec is None:
+            raise FsError(errno.ENOENT)
+        return rec
+
+    async def getattr(self, ino: int) -> Attributes:
+        node = self.tree.get(ino)
+        if node is not None:
+            return self._dir_attributes(node)
+        return await self._exact_file_attributes(self._recording(ino))
+
+    async def lookup(self, parent: int, name: str) -> Attributes:
+        node = self._dir(parent)
+        if name == ".":
+            return self._dir_attributes(node)
+        if name == "..":
+            return self._dir_attributes(self.tree.nodes[node.parent])
+        child = node.children.get(name)
+        if child is not None:
+            return self._dir_attributes(self.tree.nodes[child])
+        day = node.day
+        if day is not None:
+            rec = self.catalog.by_name(name)
+            if rec is not None and rec.day == day:
+                return await self._exact_file_attributes(rec)
+        raise FsError(errno.ENOENT)
+
+    def _dir(self, ino: int) -> DirNode:
+        node = self.tree.get(ino)
+        if node is None:
+            raise FsError(errno.ENOTDIR if self.catalog.by_ino(ino) else errno.ENOENT)
+        return node
+
+    # -- listing ----------------------------------------------------------------
+
+    def opendir(self, ino: int) -> int:
+        self._dir(ino)
+        return ino
+
+    def readdir(self, ino: int, after: int) -> Iterator[tuple[str, Attributes, int]]:
+        """(name, attributes, cursor) from after cursor *after*; cursors are inode
+        numbers, which stay valid while entries are added during a listing. Never
+        waits: a size not known yet is shown with timeout 0 (see _file_attributes)."""
+        node = self._dir(ino)
+        subdirs = sorted((child, name) for name, child in node.children.items())
+        for child, name in subdirs:
+            if child > after:
+                yield name, self._dir_attributes(self.tree.nodes[child]), child
+        day = node.day
+        if day is None:
+            return
+        cursor = after
+        while True:
+            batch = self.catalog.in_day(day, cursor)
+            if not batch:
+                return
+            for rec in batch:
+                yield rec.name, self._file_attributes(rec, self.content.known_size(rec)), rec.ino
+            cursor = batch[-1].ino
+
+    # -- contents ---------------------------------------------------------------
+
+    def open(self, ino: int, flags: int) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT):
+            raise FsError(errno.EROFS)
+        if self.tree.get(ino) is not None:
+            raise FsError(errno.EISDIR)
+        rec = self._recording(ino)
+        try:
+            handle = self.content.open(rec)
+        except OSError as exc:
+            log.error("cannot open %s: %s", rec.name, exc)
+            raise FsError(errno.EIO) from None
+        fh = next(self._next_fh)
+        self._handles[fh] = handle
+        return fh
+
+    def is_cached_open(self, fh: int) -> bool:
+        """True if the file is served from the complete cache (the kernel may keep
+        its pages across opens)."""
+        handle = self._handles.get(fh)
+        return handle is not None and handle.transfer is None
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise FsError(errno.EBADF)
+        try:
+            return await handle.read(offset, size)
+        except (TransferFailed, PbxError) as exc:
+            log.warning("read of %s failed: %s", handle.rec.name, exc)
+            raise FsError(errno.EIO) from None
+        except OSError as exc:
+            log.error("read of %s failed: %s", handle.rec.name, exc)
+            raise FsError(errno.EIO) from None
+
+    def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            handle.close()
+
+    # -- extended attributes: the CDR, for people and backup tools ---------------------
+
+    def listxattr(self, ino: int) -> list[str]:
+        if self.tree.get(ino) is not None:
+            return []
+        rec = self._recording(ino)
+        return [XATTR_PREFIX + field for field in XATTR_FIELDS if getattr(rec.call, field)]
+
+    def getxattr(self, ino: int, name: str) -> bytes:
+        if self.tree.get(ino) is None and name.startswith(XATTR_PREFIX):
+            field = name[len(XATTR_PREFIX):]
+            if field in XATTR_FIELDS:
+                value = getattr(self._recording(ino).call, field)
+                if value:
+                    return value.encode("utf-8")
+        raise FsError(errno.ENODATA)
+
+    # -- the filesystem as a whole ------------------------------------------------
+
+    def statfs(self) -> dict[str, int]:
+        files = self.catalog.count()
+        return {"bsize": BLOCK_SIZE, "frsize": BLOCK_SIZE, "blocks": 0, "bfree": 0,
+                "bavail": 0, "files": files + len(self.tree.nodes), "ffree": 0, "namemax": 255}
