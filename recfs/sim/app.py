@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import http
 import io
 import ipaddress
 import json
@@ -47,6 +48,13 @@ _PBX_TIME = "%Y-%m-%d %H:%M:%S"
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class SimulatedReset(Exception):
@@ -326,8 +334,12 @@ class SimApp:
             await self._json(send, failure_body(faults.download_error))
             return f"Failed errno {faults.download_error} (fault download_error)"
         if faults.html_error is not None:
+            status = faults.html_error
+            shown = 500 if status == 200 else status
+            title = f"{shown} {_reason(shown)}".encode()
+            # Boa's own error page; with status 200 only the body tells it apart.
             page = (
-                b"<HTML><HEAD><TITLE>500 Server Error</TITLE></HEAD>\n<BODY><H1>500 Server Error</H1>\n"
+                b"<HTML><HEAD><TITLE>" + title + b"</TITLE></HEAD>\n<BODY><H1>" + title + b"</H1>\n"
                 b"The server encountered an internal error and could not complete your request.\n"
                 b"</BODY></HTML>\n"
             )
