@@ -30,15 +30,15 @@ async def start_sim(nursery: trio.Nursery, **overrides: Any) -> SimulatorInfo:
 
 def http_client(info: SimulatorInfo, **kw: Any) -> httpx.AsyncClient:
     verify = client_context(info.ca_file) if info.ca_file else True
-    return httpx.AsyncClient(base_url=info.base_url, verify=verify, timeout=10, **kw)
+    kw.setdefault("timeout", 10)
+    return httpx.AsyncClient(base_url=info.base_url, verify=verify, **kw)
 
 
-async def login(
-    client: httpx.AsyncClient, version: str = "v2.0.0", *, port: str = "8260", **extra: Any
-) -> str:
+async def login(client: httpx.AsyncClient, api: str = "v2.0.0", *, port: str = "8260", **extra: Any) -> str:
+    """Log in on path version *api*; *extra* goes into the body (version, url, urltag)."""
     body = {"username": USER, "password": md5(PASSWORD), "port": port}
     body.update(extra)
-    reply = (await client.post(f"/api/{version}/login", json=body)).json()
+    reply = (await client.post(f"/api/{api}/login", json=body)).json()
     assert reply["status"] == "Success", reply
     return reply["token"]
 
@@ -75,7 +75,10 @@ class ReportReceiver:
     arrived: trio.Event = field(default_factory=trio.Event)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
             return
         body = b""
         while True:
