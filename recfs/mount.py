@@ -30,7 +30,7 @@ from recfs.content.store import ContentStore, DownloadPolicy
 from recfs.fuse_ops import RecfsOperations
 from recfs.ingest import Ingest
 from recfs.protocol.client import PbxClient, ReportTarget, make_ssl_verify
-from recfs.receiver import serve_reports
+from recfs.receiver import bind_socket, serve_reports
 from recfs.session import keep_session
 from recfs.vfs.core import Owner, RecordingsFs
 
@@ -78,15 +78,19 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
     options = fuse_options(opts)
     opts.read_password()  # fail now, clearly, rather than at the first login
 
+    host, port = opts.listen
+    try:
+        sock = bind_socket(host, port)
+    except OSError as exc:
+        raise MountError(f"cannot listen for PBX reports on {host}:{port}: {exc.strerror}") from None
+    port = sock.getsockname()[1]
     catalog = Catalog(opts.resolved_state_dir() / "catalog.sqlite")
     cache = DiskCache(opts.resolved_cache_dir())
     stop_receiver = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
-            # The receiver comes first: its real port is what login registers.
             handler = _Deferred()
-            port = await nursery.start(serve_reports, handler, opts.listen[0], opts.listen[1],
-                                       stop_receiver)
+            await nursery.start(serve_reports, handler, sock, stop_receiver)
             target_port, url, urltag = report_target_fields(opts, port)
             client = PbxClient(
                 opts.source, opts.user, opts.read_password, api_version=opts.api_version,
@@ -157,10 +161,25 @@ def run(opts: MountOptions, on_ready: Callable[[], None] | None = None) -> int:
 
     try:
         trio.run(main)
-    except (MountError, OptionError) as exc:
-        log.error("%s", exc)
+    except BaseException as exc:
+        expected = _expected_failure(exc)
+        if expected is None:
+            raise
+        log.error("%s", expected)
         return 1
     return 0
+
+
+def _expected_failure(exc: BaseException) -> BaseException | None:
+    """The MountError/OptionError inside *exc*, even when trio wrapped it in a group."""
+    if isinstance(exc, (MountError, OptionError)):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _expected_failure(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def run_in_background(opts: MountOptions, start_logging: Callable[[], None]) -> int:

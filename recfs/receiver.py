@@ -8,6 +8,7 @@ path registered at login, or to / when none was.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 
 import trio
@@ -65,9 +66,23 @@ async def _reply(send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def receiver_config(host: str, port: int) -> Config:
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before anything else starts, so that a taken port is a clear error at
+    mount time and port 0 tells us the real port to register at login."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def receiver_config(sock: socket.socket) -> Config:
     config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    # hypercorn adopts the descriptor; detach so that only it closes the socket.
+    config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("recfs.receiver.server")
     config.include_server_header = False
@@ -77,15 +92,11 @@ def receiver_config(host: str, port: int) -> Config:
     return config
 
 
-async def serve_reports(handle: Handler, host: str, port: int, stop: trio.Event, *,
+async def serve_reports(handle: Handler, sock: socket.socket, stop: trio.Event, *,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until *stop* is set; task_status gets the bound port."""
-    async def bound(task_status=trio.TASK_STATUS_IGNORED):
-        await serve(ReportApp(handle), receiver_config(host, port), shutdown_trigger=stop.wait,
-                    task_status=task_status, mode="asgi")
-
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(bound)
-        actual = int(binds[0].rsplit(":", 1)[1])
-        log.info("receiving PBX reports on %s:%d", host, actual)
-        task_status.started(actual)
+    """Serve on the bound *sock* until *stop* is set."""
+    host, port = sock.getsockname()[:2]
+    config = receiver_config(sock)
+    log.info("receiving PBX reports on %s:%d", host, port)
+    await serve(ReportApp(handle), config, shutdown_trigger=stop.wait, task_status=task_status,
+                mode="asgi")

@@ -267,7 +267,6 @@ class PbxClient:
                 reply = await self._post("login", "login", body, None)
             except PbxError as exc:
                 self.guard.failed(exc, password)
-                log.warning("%s", exc)
                 raise
             token = reply.get("token")
             if not isinstance(token, str) or not token:

@@ -417,7 +417,7 @@ class SimApp:
         _pbx_time(start), _pbx_time(end)
         allowed_ip = _normal_ip(_text(body.get("allowedip"))) or None
         random_value = self.state.issue_random(("cdr", start, end, who), request.client_ip, allowed_ip)
-        self.state.stats.get_random["cdr"] += 1
+        self.state.stats.cdr_get_random += 1
         await self._json(
             send, {"status": "Success", "starttime": start, "endtime": end, key: who, "random": random_value}
         )

@@ -99,7 +99,8 @@ async def run_simulator(config: SimConfig, *, task_status: trio.TaskStatus[Simul
         hconfig.graceful_timeout = 1.0
         hconfig.accesslog = None
         error_logger = logging.getLogger("recfs.sim.hypercorn")
-        error_logger.addFilter(_QuietReset())
+        if not any(isinstance(f, _QuietReset) for f in error_logger.filters):
+            error_logger.addFilter(_QuietReset())
         hconfig.errorlog = error_logger
         ca_file: Path | None = None
         if config.tls:

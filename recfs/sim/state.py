@@ -117,6 +117,7 @@ class Stats:
     downloads_active: int = 0
     downloads_max_concurrent: int = 0
     downloads_completed: int = 0
+    cdr_get_random: int = 0
     cdr_downloads: int = 0
     reports_sent: int = 0
     reports_acked: int = 0
@@ -192,7 +193,7 @@ class SimState:
             self.stats.failed_logins += 1
             raise ApiFailure(forced_errno)
         expected = self._password_md5.get(username)
-        if expected is None or not secrets.compare_digest(expected, password_md5):
+        if expected is None or not secrets.compare_digest(expected.encode(), password_md5.encode("utf-8")):
             self.stats.failed_logins += 1
             record.count += 1
             if record.count >= self.lockout_attempts:
@@ -319,6 +320,7 @@ class SimState:
             "downloads_active": s.downloads_active,
             "downloads_max_concurrent": s.downloads_max_concurrent,
             "downloads_completed": s.downloads_completed,
+            "cdr_get_random": s.cdr_get_random,
             "cdr_downloads": s.cdr_downloads,
             "reports_sent": s.reports_sent,
             "reports_acked": s.reports_acked,
