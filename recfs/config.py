@@ -163,7 +163,8 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
 
     opts = MountOptions(source=source, mountpoint=mountpoint)
     for key, value in merged.items():
-        if key in _IGNORED or key.startswith(_IGNORED_PREFIXES):
+        # mount(8)'s bare `user` is not our `user=NAME`.
+        if (key in _IGNORED and value is True) or key.startswith(_IGNORED_PREFIXES):
             continue
         if key not in _FLAGS | _INTS | _FLOATS | _STRINGS:
             raise OptionError(f"unknown option {key!r}")

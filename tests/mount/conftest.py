@@ -219,3 +219,11 @@ def _secrets(mount: Mount) -> list[str]:
 def mounted(mount_factory):
     """The usual mount: prefetch off, so that tests decide when the PBX is asked."""
     return mount_factory("prefetch=none")
+
+
+def receiver_url(mount: Mount) -> str:
+    """The report receiver's address, as the mount logged it (listen=127.0.0.1:0)."""
+    found = re.findall(r"receiving PBX reports on (\S+):(\d+)", mount.log())
+    assert found, mount.log()
+    host, port = found[-1]
+    return f"http://{host}:{port}/recfs/report"

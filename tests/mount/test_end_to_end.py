@@ -213,3 +213,23 @@ def test_getfattr_shows_the_cdr(sim, mounted):
                          check=True).stdout
     assert f'user.recfs.caller="{cdr["callfrom"]}"' in out
     assert f'user.recfs.callid="{cdr["callid"]}"' in out
+
+
+@pytest.mark.parametrize("fault", [{"no_content_length": True}, {}])
+def test_with_and_without_content_length(sim, mounted, fault):
+    cdr = sim.call(duration=6)
+    path = mounted.wait_file(cdr)
+    sim.faults(throttle=300_000, **fault)
+    with open(path, "rb") as f:
+        # The size comes from the WAV header when the PBX sends no Content-Length.
+        assert os.fstat(f.fileno()).st_size == 44 + 6 * 16000
+        assert f.read() == sim.recording_bytes(cdr["recording"])
+
+
+def test_owner_and_umask_options(sim, mount_factory):
+    mount = mount_factory("prefetch=none", "uid=1234", "gid=5678", "umask=027")
+    cdr = sim.call(duration=2)
+    path = mount.wait_file(cdr)
+    st, dst = path.stat(), path.parent.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1234, 5678, 0o440)
+    assert (dst.st_uid, dst.st_gid, dst.st_mode & 0o777) == (1234, 5678, 0o550)

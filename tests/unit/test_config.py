@@ -1,0 +1,57 @@
+import pytest
+
+from recfs.config import OptionError, build_options, report_target_fields, split_options
+
+SRC = "https://pbx.example:8088"
+
+
+def opts(text, environ=None, **kw):
+    return build_options(SRC, "/mnt", split_options(text), environ or {"RECFS_PASSWORD": "pw"})
+
+
+def test_defaults():
+    o = opts("")
+    assert (o.user, o.api_version, o.listen, o.prefetch, o.max_downloads) == \
+        ("api", "v2.0.0", ("0.0.0.0", 8260), "new", 2)
+    assert o.read_password() == "pw"
+    assert report_target_fields(o, 8260) == (8260, "/recfs/report", "0")
+
+
+def test_options_parse_and_fstab_words_are_ignored():
+    o = opts("user=rec,api_version=1.1.0,listen=127.0.0.1:9000,prefetch=none,max_downloads=3,"
+             "umask=027,uid=5,allow_other,_netdev,nofail,x-systemd.automount,defaults")
+    assert (o.user, o.api_version, o.listen, o.prefetch, o.max_downloads, o.umask, o.uid,
+            o.allow_other) == ("rec", "v1.1.0", ("127.0.0.1", 9000), "none", 3, 0o27, 5, True)
+
+
+@pytest.mark.parametrize("text", ["bogus=1", "listen=nope", "prefetch=some", "max_downloads=0",
+                                  "api_version=v9", "umask=9x", "uid=abc", "cafile"])
+def test_bad_options_are_clear_errors(text):
+    with pytest.raises(OptionError):
+        opts(text)
+
+
+def test_password_is_required():
+    with pytest.raises(OptionError, match="password"):
+        build_options(SRC, "/mnt", {}, {})
+
+
+def test_bad_source():
+    with pytest.raises(OptionError, match="SOURCE"):
+        build_options("pbx.example", "/mnt", {}, {"RECFS_PASSWORD": "x"})
+
+
+def test_toml_config_and_command_line_wins(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("from-file\n")
+    conf = tmp_path / "pbx.toml"
+    conf.write_text(f'user = "fromtoml"\npassword_file = "{pw}"\nmax_downloads = 4\n'
+                    f'prefetch = "none"\n')
+    o = build_options(SRC, "/mnt", split_options(f"config={conf},max_downloads=1"), {})
+    assert (o.user, o.max_downloads, o.prefetch) == ("fromtoml", 1, "none")
+    assert o.read_password() == "from-file"
+
+
+def test_report_url_registers_urltag_1():
+    o = opts("report_url=gw.example:18260/pbx")
+    assert report_target_fields(o, 8260) == (18260, "gw.example:18260/pbx", "1")
