@@ -15,6 +15,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from recfs.asgi import lifespan
 from recfs.protocol.reports import MAX_REPORT_BYTES
 
 log = logging.getLogger("recfs.receiver")
@@ -28,13 +29,8 @@ class ReportApp:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         client = scope.get("client") or ("?", 0)

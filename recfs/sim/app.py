@@ -14,14 +14,14 @@ import io
 import ipaddress
 import json
 import logging
-import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 import trio
 
+from recfs.asgi import Receive, Send, lifespan
+from recfs.logs import redact
 from recfs.protocol.errors import NO_SUCH_FILE, failure_body
 from recfs.protocol.names import BadName, check_recording_name
 from recfs.sim.calls import STATUSES, TYPES
@@ -43,11 +43,8 @@ ONLY_JSON = "20000"
 ONLY_POST = "20001"
 WRONG_PORT = "20008"
 
-_SECRET_QUERY = re.compile(r"(?i)\b(token|random)=[^&]*")
 _PBX_TIME = "%Y-%m-%d %H:%M:%S"
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def _reason(status: int) -> str:
@@ -62,7 +59,7 @@ class SimulatedReset(Exception):
 
 
 def redacted_target(path: str, query: str) -> str:
-    return path + ("?" + _SECRET_QUERY.sub(r"\1=***", query) if query else "")
+    return path + ("?" + redact(query) if query else "")
 
 
 def _normal_ip(text: str) -> str:
@@ -159,7 +156,7 @@ class SimApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -190,15 +187,6 @@ class SimApp:
             raise
         finally:
             log.info("%s → %s", where, outcome)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     @staticmethod
     async def _read_body(receive: Receive) -> bytes | None:

@@ -21,7 +21,7 @@ from recfs.catalog import Catalog, Recording
 from recfs.content.store import ContentStore, OpenRecording
 from recfs.content.transfer import TransferFailed
 from recfs.protocol.errors import PbxError
-from recfs.vfs.tree import ROOT_INO, DirNode, DirTree
+from recfs.vfs.tree import DirNode, DirTree
 
 log = logging.getLogger("recfs.vfs")
 
