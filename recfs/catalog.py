@@ -8,9 +8,11 @@ the directory tree above the days comes from a small `days` table kept by a trig
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 
 from recfs.protocol.reports import CallRecord
@@ -75,6 +77,48 @@ class Recording:
         return self.call.name
 
 
+_LOCAL_STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+
+
+def call_epoch(call: CallRecord, utc_offset: int | None) -> int | None:
+    """UTC start of the call: the callid's integer part; failing that, the PBX-local
+    timestart less the PBX's learned UTC offset."""
+    if utc_offset is not None and not _CALLID_EPOCH.match(call.callid) \
+            and _LOCAL_STAMP.match(call.timestart):
+        try:
+            naive = datetime.strptime(call.timestart, "%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            return None
+        return int(naive.replace(tzinfo=timezone.utc).timestamp()) - utc_offset
+    return call.epoch
+
+
+_CALLID_EPOCH = re.compile(r"^\d{9,11}(?:\.\d+)?$")
+
+
+def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None) -> Recording | None:
+    if db.execute("SELECT 1 FROM recordings WHERE name = ?", (call.name,)).fetchone():
+        return None
+    epoch = call_epoch(call, utc_offset)
+    added = time.time()
+    values = [getattr(call, c) for c in _CALL_COLUMNS]
+    columns = ", ".join(_CALL_COLUMNS)
+    marks = ", ".join("?" for _ in _CALL_COLUMNS)
+    day = call.day
+    for salt in range(16):
+        ino = file_ino(call.name, salt)
+        try:
+            db.execute(
+                f"INSERT INTO recordings (ino, day, epoch, added, {columns}) "
+                f"VALUES (?, ?, ?, ?, {marks})",
+                [ino, day, epoch, added, *values],
+            )
+        except sqlite3.IntegrityError:
+            continue  # another name hashed to this inode: take the next salt
+        return Recording(ino, day, float(epoch if epoch is not None else added), None, added, call)
+    raise RuntimeError(f"no free inode number for {call.name!r}")
+
+
 class Catalog:
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -96,26 +140,38 @@ class Catalog:
     def add(self, call: CallRecord) -> Recording | None:
         """Record *call* durably. Returns the new Recording, or None if the name was
         known already (reports come twice; the first one wins)."""
-        if self._db.execute("SELECT 1 FROM recordings WHERE name = ?", (call.name,)).fetchone():
-            return None
-        epoch = call.epoch
-        added = time.time()
-        values = [getattr(call, c) for c in _CALL_COLUMNS]
-        columns = ", ".join(_CALL_COLUMNS)
-        marks = ", ".join("?" for _ in _CALL_COLUMNS)
-        for salt in range(16):
-            ino = file_ino(call.name, salt)
-            try:
-                self._db.execute(
-                    f"INSERT INTO recordings (ino, day, epoch, added, {columns}) "
-                    f"VALUES (?, ?, ?, ?, {marks})",
-                    [ino, call.day, epoch, added, *values],
-                )
-            except sqlite3.IntegrityError:
-                continue  # another name hashed to this inode: take the next salt
-            return Recording(ino, call.day, float(epoch if epoch is not None else added),
-                             None, added, call)
-        raise RuntimeError(f"no free inode number for {call.name!r}")
+        return self.add_many([call])[0]
+
+    def connect(self) -> sqlite3.Connection:
+        """Another connection to the same catalog (for a writer thread)."""
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    def add_many(self, calls: list[CallRecord], db: sqlite3.Connection | None = None,
+                 utc_offset: int | None = None) -> list[Recording | None]:
+        """Record *calls* in one transaction (one fsync for all): each a new Recording,
+        or None where the name was known. Also keeps meta `last_seen`, the newest
+        PBX-local call start recfs has heard of. *utc_offset* (seconds east of UTC,
+        as learned from the PBX) dates calls whose callid carries no time."""
+        db = db if db is not None else self._db
+        results: list[Recording | None] = []
+        newest = ""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for call in calls:
+                results.append(_insert(db, call, utc_offset))
+                if _LOCAL_STAMP.match(call.timestart) and call.timestart > newest:
+                    newest = call.timestart
+            if newest:
+                db.execute("INSERT INTO meta VALUES ('last_seen', ?) ON CONFLICT(key) DO UPDATE "
+                           "SET value = max(value, excluded.value)", (newest,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return results
 
     def set_size(self, ino: int, size: int) -> None:
         self._db.execute("UPDATE recordings SET size = ? WHERE ino = ?", (size, ino))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from recfs.gate import parse_networks
 from recfs.protocol.client import normalise_api_version
 
 DEFAULT_LISTEN = ("0.0.0.0", 8260)
@@ -26,8 +27,9 @@ _IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")
 _FLAGS = {"insecure", "allow_other", "allow_root", "foreground"}
 _INTS = {"max_downloads", "uid", "gid", "heartbeat"}
 _FLOATS = {"io_timeout"}
-_STRINGS = {"user", "password_file", "api_version", "cafile", "listen", "report_url",
-            "state_dir", "cache_dir", "prefetch", "umask", "log_level", "log_file", "config"}
+_STRINGS = {"user", "password_file", "api_version", "cafile", "listen", "report_url", "report_from",
+            "state_dir", "cache_dir", "prefetch", "umask", "log_level", "log_file", "config",
+            "cache_size", "cache_min_free"}
 
 
 class OptionError(ValueError):
@@ -45,9 +47,12 @@ class MountOptions:
     insecure: bool = False
     listen: tuple[str, int] = DEFAULT_LISTEN
     report_url: str | None = None
+    report_from: str | None = None  # CIDRs allowed to push reports; default: SOURCE's addresses
     state_dir: str | None = None
     cache_dir: str | None = None
     prefetch: str = "new"
+    cache_size: str | None = None  # SIZE (20G, 512M) or N% of the cache filesystem
+    cache_min_free: str | None = None  # likewise; None = the defaults in recfs/content/cache.py
     max_downloads: int = 2
     io_timeout: float = 30.0
     heartbeat: int = 300
@@ -88,6 +93,9 @@ class MountOptions:
         """Read each time a login needs it, so a corrected password file is picked up."""
         if self.password_file:
             try:
+                if os.stat(self.password_file).st_mode & 0o004:
+                    raise OptionError(f"password_file {self.password_file} is readable by every "
+                                      f"user: chmod o-r it (e.g. chmod 600) first")
                 text = Path(self.password_file).read_text(encoding="utf-8")
             except OSError as exc:
                 raise OptionError(f"cannot read password_file {self.password_file}: {exc.strerror}") from None
@@ -106,12 +114,29 @@ def _home() -> str:
     return pwd.getpwuid(os.getuid()).pw_dir
 
 
+# Options whose value is itself a comma list: `-o report_from=10.0.0.1,10.0.0.2`.
+_LIST_VALUED = {"report_from"}
+
+
 def split_options(text: str) -> dict[str, str | bool]:
     result: dict[str, str | bool] = {}
+    previous = None
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
-        result[key.strip()] = value.strip() if sep else True
+        if not sep and previous in _LIST_VALUED and _looks_like_address(item):
+            result[previous] = f"{result[previous]},{item}"
+            continue
+        previous = key.strip()
+        result[previous] = value.strip() if sep else True
     return result
+
+
+def _looks_like_address(item: str) -> bool:
+    try:
+        parse_networks(item)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -181,8 +206,20 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
                 value = normalise_api_version(str(value))
             except ValueError as exc:
                 raise OptionError(str(exc)) from None
-        elif key == "prefetch" and value not in ("new", "none"):
-            raise OptionError(f"prefetch must be new or none, not {value!r}")
+        elif key == "report_from":
+            try:
+                parse_networks(str(value))
+            except ValueError as exc:
+                raise OptionError(str(exc)) from None
+        elif key == "prefetch" and value not in ("new", "none", "all"):
+            raise OptionError(f"prefetch must be new, none or all, not {value!r}")
+        elif key in ("cache_size", "cache_min_free"):
+            from recfs.content.cache import parse_size
+            try:
+                parse_size(str(value))
+            except ValueError:
+                raise OptionError(f"{key} must be a size such as 20G, 500M or 10%, "
+                                  f"not {value!r}") from None
         elif key == "max_downloads" and int(value) < 1:  # type: ignore[arg-type]
             raise OptionError("max_downloads must be at least 1")
         setattr(opts, key, value)
@@ -199,14 +236,14 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
     return opts
 
 
-def report_target_fields(opts: MountOptions, port: int) -> tuple[int, str, str]:
+def report_target_fields(opts: MountOptions, port: int, secret: str) -> tuple[int, str, str]:
     """(port, url, urltag) to register at login: urltag 1 with report_url (NAT), else
-    the receiver's own port and path."""
+    the receiver's own port. Either way the path ends in the secret."""
     if opts.report_url:
         hostport, _, _path = opts.report_url.partition("/")
         _host, _, rport = hostport.rpartition(":")
         if not rport.isdigit():
             raise OptionError(f"report_url must be HOST:PORT/PATH, not {opts.report_url!r}")
-        return int(rport), opts.report_url, "1"
-    return port, "/recfs/report", "0"
+        return int(rport), f"{opts.report_url.rstrip('/')}/{secret}", "1"
+    return port, f"/recfs/{secret}", "0"
 

@@ -25,9 +25,11 @@ import trio
 
 from recfs.catalog import Catalog
 from recfs.config import MountOptions, OptionError, report_target_fields
-from recfs.content.cache import DiskCache
+from recfs.content.cache import DiskCache, resolve_size
+from recfs.content.prefetch import PrefetchAll
 from recfs.content.store import ContentStore, DownloadPolicy
 from recfs.fuse_ops import RecfsOperations
+from recfs.gate import ReportGate, load_secret, parse_networks
 from recfs.ingest import Ingest
 from recfs.protocol.client import PbxClient, ReportTarget, make_ssl_verify
 from recfs.receiver import bind_socket, serve_reports
@@ -85,13 +87,18 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
         raise MountError(f"cannot listen for PBX reports on {host}:{port}: {exc.strerror}") from None
     port = sock.getsockname()[1]
     catalog = Catalog(opts.resolved_state_dir() / "catalog.sqlite")
-    cache = DiskCache(opts.resolved_cache_dir())
+    cache = _open_cache(opts)
     stop_receiver = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
             handler = _Deferred()
-            await nursery.start(serve_reports, handler, sock, stop_receiver)
-            target_port, url, urltag = report_target_fields(opts, port)
+            secret = load_secret(opts.resolved_state_dir())
+            gate = ReportGate(secret, parse_networks(opts.report_from) if opts.report_from else None,
+                              opts.source)
+            await gate.learn_source_addresses()
+            await nursery.start(serve_reports, handler, gate, sock, stop_receiver)
+            nursery.start_soon(_follow_source_address, gate)
+            target_port, url, urltag = report_target_fields(opts, port, secret)
             client = PbxClient(
                 opts.source, opts.user, opts.read_password, api_version=opts.api_version,
                 target=ReportTarget(target_port, url, urltag),
@@ -100,7 +107,7 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
             content = ContentStore(catalog, cache, client,
                                    DownloadPolicy(max_downloads=opts.max_downloads))
             fs = RecordingsFs(catalog, content, Owner(opts.uid, opts.gid, opts.umask))
-            ingest = Ingest(catalog, fs, content, prefetch_new=opts.prefetch == "new")
+            ingest = Ingest(catalog, fs, content, prefetch_new=opts.prefetch in ("new", "all"))
             handler.target = ingest.report
             await nursery.start(content.run)
 
@@ -113,6 +120,12 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
                 nursery.start_soon(_stop_on_signal)
                 log.info("mounted %s on %s (%d recordings in the catalog)", opts.source,
                          opts.mountpoint, catalog.count())
+                log.info("cache %s: %d files, %.1f MiB of at most %.1f MiB, keeping %.1f MiB free",
+                         cache.root, cache.complete_files, cache.complete_bytes / 2**20,
+                         (cache.max_bytes or 0) / 2**20, cache.min_free / 2**20)
+                if opts.prefetch == "all":
+                    nursery.start_soon(PrefetchAll(catalog, content,
+                                                   workers=opts.max_downloads).run)
                 task_status.started()
                 await pyfuse3.main()
             finally:
@@ -127,7 +140,18 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
                 await client.aclose()
     finally:
         catalog.close()
+        cache.close()
     log.info("unmounted %s", opts.mountpoint)
+
+
+def _open_cache(opts: MountOptions) -> DiskCache:
+    root = opts.resolved_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    # Defaults: a quarter of the cache filesystem, and never less than 5 % of it free.
+    max_bytes = resolve_size(opts.cache_size, root, 25)
+    min_free = resolve_size(opts.cache_min_free, root, 5)
+    return DiskCache(root, max_bytes=max_bytes, min_free=min_free,
+                     index_path=opts.resolved_state_dir() / "cache-index.sqlite")
 
 
 class _Deferred:
@@ -141,6 +165,12 @@ class _Deferred:
         if self.target is None:
             return 503, "starting"
         return self.target(body, peer)
+
+
+async def _follow_source_address(gate: ReportGate) -> None:
+    while True:
+        await trio.sleep(600)
+        await gate.learn_source_addresses()
 
 
 async def _stop_on_signal() -> None:

@@ -16,16 +16,19 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from recfs.asgi import lifespan
+from recfs.gate import ReportGate
 from recfs.protocol.reports import MAX_REPORT_BYTES
 
 log = logging.getLogger("recfs.receiver")
 
 Handler = Callable[[bytes, str], tuple[int, str]]
+BODY_DEADLINE = 5
 
 
 class ReportApp:
-    def __init__(self, handle: Handler):
+    def __init__(self, handle: Handler, gate: ReportGate):
         self.handle = handle
+        self.gate = gate
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -35,21 +38,35 @@ class ReportApp:
             return
         client = scope.get("client") or ("?", 0)
         peer = f"{client[0]}:{client[1]}"
+        refusal = self.gate.refusal(str(client[0]), scope.get("path", ""))
+        if refusal is not None:
+            log.warning("refused a request from %s: %s", peer, refusal)
+            await _reply(send, 403, "forbidden")
+            return
         if scope["method"] != "POST":
             await _reply(send, 405, "only POST")
             return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > MAX_REPORT_BYTES:
-                log.warning("refused a report from %s: larger than %d bytes", peer, MAX_REPORT_BYTES)
-                await _reply(send, 413, "too large")
-                return
-            if not message.get("more_body", False):
-                break
+        # A client that dribbles its body holds a connection: the whole body must
+        # arrive within BODY_DEADLINE, not merely some byte every few seconds.
+        with trio.move_on_after(BODY_DEADLINE) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > MAX_REPORT_BYTES:
+                    log.warning("refused a report from %s: larger than %d bytes", peer,
+                                MAX_REPORT_BYTES)
+                    await _reply(send, 413, "too large")
+                    return
+                if not message.get("more_body", False):
+                    break
+        if deadline.cancelled_caught:
+            log.warning("refused a report from %s: body not complete within %d s", peer,
+                        BODY_DEADLINE)
+            await _reply(send, 408, "too slow")
+            return
         status, reason = self.handle(bytes(body), peer)
         await _reply(send, status, reason)
 
@@ -88,11 +105,11 @@ def receiver_config(sock: socket.socket) -> Config:
     return config
 
 
-async def serve_reports(handle: Handler, sock: socket.socket, stop: trio.Event, *,
+async def serve_reports(handle: Handler, gate: ReportGate, sock: socket.socket, stop: trio.Event, *,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve on the bound *sock* until *stop* is set."""
     host, port = sock.getsockname()[:2]
     config = receiver_config(sock)
     log.info("receiving PBX reports on %s:%d", host, port)
-    await serve(ReportApp(handle), config, shutdown_trigger=stop.wait, task_status=task_status,
+    await serve(ReportApp(handle, gate), config, shutdown_trigger=stop.wait, task_status=task_status,
                 mode="asgi")

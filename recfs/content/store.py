@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from recfs.catalog import Catalog, Recording
-from recfs.content.cache import DiskCache
+from recfs.content.cache import CacheFull, DiskCache
 from recfs.content.slots import Slots
 from recfs.content.transfer import Transfer, TransferFailed
 from recfs.protocol.client import PbxClient
@@ -46,6 +46,8 @@ class ContentStore:
         self._prefetch_send, self._prefetch_receive = trio.open_memory_channel[Recording](math.inf)
         self.downloads_completed = 0
         self.downloads_failed = 0
+        self.attempts_started = 0
+        self.retries = 0
         self.on_size: Callable[[int, int], None] | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -54,6 +56,7 @@ class ContentStore:
             self._nursery = nursery
             for _ in range(self.policy.max_downloads):
                 nursery.start_soon(self._prefetch_worker)
+            nursery.start_soon(self.cache.reconcile)
             task_status.started()
             await trio.sleep_forever()
 
@@ -67,6 +70,9 @@ class ContentStore:
         if transfer is not None and transfer.size is not None:
             return transfer.size
         return self.cache.cached_size(rec.ino)
+
+    def is_cached(self, rec: Recording) -> bool:
+        return self.cache.is_cached(rec.ino)
 
     async def size(self, rec: Recording) -> int:
         """The exact size; may start the download and wait for its first bytes."""
@@ -104,25 +110,39 @@ class ContentStore:
 
     async def _download(self, transfer: Transfer) -> None:
         try:
-            for attempt in range(1, self.policy.attempts + 1):
+            # Attempts count failures in a row without progress: a transfer that
+            # keeps getting further is worth continuing.
+            attempt = 0
+            while True:
+                attempt += 1
+                had = transfer.have
                 try:
                     async with self.slots.hold(lambda: transfer.urgent):
+                        self.attempts_started += 1
                         await self._fetch_once(transfer)
                     break
                 except (PbxError, TransferFailed) as exc:
-                    final = attempt == self.policy.attempts or not _retryable(exc)
-                    log.warning("download of %s failed (attempt %d of %d): %s%s", transfer.name,
-                                attempt, self.policy.attempts, exc, "" if final else "; retrying")
+                    if transfer.have > had:
+                        attempt = 1
+                    final = attempt >= self.policy.attempts or not _retryable(exc)
+                    log.warning("download of %s failed (attempt %d of %d, %d of %s bytes on disk):"
+                                " %s%s", transfer.name, attempt, self.policy.attempts,
+                                transfer.have, transfer.size if transfer.size is not None else "?",
+                                exc, "" if final else "; retrying")
                     if final:
                         raise
+                    self.retries += 1
                     await trio.sleep(self.policy.backoff * 2 ** (attempt - 1))
-            await self.cache.commit(transfer.ino, transfer.fd)
+            assert transfer.size is not None
+            await self.cache.commit(transfer.ino, transfer.fd, transfer.size)
         except (PbxError, TransferFailed, OSError) as exc:
             self.downloads_failed += 1
-            self.cache.discard_partial(transfer.ino)
+            self.cache.discard_partial(transfer.ino, transfer.have)
+            if isinstance(exc, CacheFull):
+                log.warning("download of %s failed: %s", transfer.name, exc.strerror)
             transfer.fail(exc)
         except BaseException as exc:  # cancelled at unmount, or a bug: readers must not hang
-            self.cache.discard_partial(transfer.ino)
+            self.cache.discard_partial(transfer.ino, transfer.have)
             transfer.fail(TransferFailed(f"download interrupted: {type(exc).__name__}"))
             raise
         else:
@@ -163,7 +183,7 @@ class ContentStore:
                     raise TransferFailed(f"PBX sent more than the announced {transfer.size} bytes")
                 if end > skip:
                     start = max(position, skip)
-                    _pwrite_all(transfer.fd, chunk[start - position:], start)
+                    self.cache.write(transfer.fd, memoryview(chunk)[start - position:], start)
                     transfer.arrived(end)
                 position = end
             if transfer.size is None:
@@ -173,24 +193,23 @@ class ContentStore:
 
     async def _prefetch_worker(self) -> None:
         async for rec in self._prefetch_receive:
-            if self.cache.cached_size(rec.ino) is not None:
-                continue
-            transfer = self.transfer(rec)
-            await transfer.done.wait()
+            await self.fetch(rec)
+
+    async def fetch(self, rec: Recording) -> bool:
+        """Bring *rec* into the cache (background work); True if it is there."""
+        if self.cache.is_cached(rec.ino):
+            return True
+        transfer = self.transfer(rec)
+        await transfer.done.wait()
+        return transfer.complete
 
 
 def _retryable(error: Exception) -> bool:
     # A PBX that answered with an errno (no such file, bad random...) will answer the
-    # same again; a broken connection or short body may not.
+    # same again; a broken connection or short body may not; a full cache stays full.
+    if isinstance(error, CacheFull):
+        return False
     return not (isinstance(error, PbxError) and error.errno is not None)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
 
 
 class OpenRecording:
@@ -206,14 +225,15 @@ class OpenRecording:
         """Find the bytes: the cached file if complete, else the (new or running)
         transfer's partial file, which becomes the cached file when it completes."""
         self._detach()
-        fd = self.store.cache.open_complete(self.rec.ino, self.store.known_size(self.rec))
-        if fd is not None:
-            self.fd = fd
-            return
-        transfer = self.store.transfer(self.rec)
-        self.fd = self.store.cache.open_partial(self.rec.ino)
-        self.transfer = transfer
-        transfer.readers += 1
+        cache = self.store.cache
+        fd = cache.open_complete(self.rec.ino, self.store.known_size(self.rec))
+        if fd is None:
+            transfer = self.store.transfer(self.rec)
+            fd = cache.open_partial(self.rec.ino)
+            self.transfer = transfer
+            transfer.readers += 1
+        self.fd = fd
+        cache.pin(self.rec.ino)  # an open file is never evicted
 
     def _detach(self) -> None:
         if self.transfer is not None:
@@ -222,6 +242,7 @@ class OpenRecording:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+            self.store.cache.unpin(self.rec.ino)
 
     async def read(self, offset: int, size: int) -> bytes:
         if self.transfer is not None and self.transfer.error is not None:

@@ -212,7 +212,11 @@ def mount_factory(sim, tmp_path):
 
 
 def _secrets(mount: Mount) -> list[str]:
-    return [mount.sim.password]
+    found = [mount.sim.password]
+    secret_file = mount.state_dir / "report-secret"
+    if secret_file.exists():
+        found.append(secret_file.read_text().strip())
+    return found
 
 
 @pytest.fixture
@@ -226,4 +230,5 @@ def receiver_url(mount: Mount) -> str:
     found = re.findall(r"receiving PBX reports on (\S+):(\d+)", mount.log())
     assert found, mount.log()
     host, port = found[-1]
-    return f"http://{host}:{port}/recfs/report"
+    secret = (mount.state_dir / "report-secret").read_text().strip()
+    return f"http://{host}:{port}/recfs/{secret}"

@@ -14,7 +14,7 @@ def test_defaults():
     assert (o.user, o.api_version, o.listen, o.prefetch, o.max_downloads) == \
         ("api", "v2.0.0", ("0.0.0.0", 8260), "new", 2)
     assert o.read_password() == "pw"
-    assert report_target_fields(o, 8260) == (8260, "/recfs/report", "0")
+    assert report_target_fields(o, 8260, "s" * 32) == (8260, "/recfs/" + "s" * 32, "0")
 
 
 def test_options_parse_and_fstab_words_are_ignored():
@@ -25,7 +25,8 @@ def test_options_parse_and_fstab_words_are_ignored():
 
 
 @pytest.mark.parametrize("text", ["bogus=1", "listen=nope", "prefetch=some", "max_downloads=0",
-                                  "api_version=v9", "umask=9x", "uid=abc", "cafile"])
+                                  "api_version=v9", "umask=9x", "uid=abc", "cafile",
+                                  "report_from=10.0.0.0/33"])
 def test_bad_options_are_clear_errors(text):
     with pytest.raises(OptionError):
         opts(text)
@@ -44,6 +45,7 @@ def test_bad_source():
 def test_toml_config_and_command_line_wins(tmp_path):
     pw = tmp_path / "pw"
     pw.write_text("from-file\n")
+    pw.chmod(0o600)
     conf = tmp_path / "pbx.toml"
     conf.write_text(f'user = "fromtoml"\npassword_file = "{pw}"\nmax_downloads = 4\n'
                     f'prefetch = "none"\n')
@@ -54,4 +56,20 @@ def test_toml_config_and_command_line_wins(tmp_path):
 
 def test_report_url_registers_urltag_1():
     o = opts("report_url=gw.example:18260/pbx")
-    assert report_target_fields(o, 8260) == (18260, "gw.example:18260/pbx", "1")
+    assert report_target_fields(o, 8260, "abc") == (18260, "gw.example:18260/pbx/abc", "1")
+
+
+def test_world_readable_password_file_is_refused(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    pw.chmod(0o644)
+    o = build_options(SRC, "/mnt", {"password_file": str(pw)}, {})
+    with pytest.raises(OptionError, match="readable by every user"):
+        o.read_password()
+    pw.chmod(0o640)
+    assert o.read_password() == "secret"
+
+
+def test_report_from_takes_a_comma_list_inside_o():
+    o = opts("report_from=10.0.0.1,10.0.1.0/24,prefetch=none")
+    assert (o.report_from, o.prefetch) == ("10.0.0.1,10.0.1.0/24", "none")

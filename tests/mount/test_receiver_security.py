@@ -1,0 +1,67 @@
+"""Only the PBX may report: forged reports from another host, or from the right
+host without the registered secret path, are refused and change nothing."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+
+from conftest import receiver_url
+
+REPORT = {"event": "NewCdr", "callid": "1718001234.88", "timestart": "2024-06-10 08:33:54",
+          "recording": "20240610083402-1718001234.88-0612345678-2001-Inbound.wav"}
+
+
+def post_from(address: str, url: str, body) -> int:
+    transport = httpx.HTTPTransport(local_address=address)
+    with httpx.Client(transport=transport) as client:
+        return client.post(url, json=body).status_code
+
+
+def test_forged_reports_are_refused(sim, mounted):
+    url = receiver_url(mounted)
+    # Another host (a second loopback address) with the right secret.
+    assert post_from("127.0.0.2", url, REPORT) == 403
+    # The right host without the secret.
+    assert post_from("127.0.0.1", url.rsplit("/", 1)[0] + "/guess", REPORT) == 403
+    assert post_from("127.0.0.1", url.rsplit("/", 1)[0], REPORT) == 403
+    assert list(mounted.path.iterdir()) == []
+    assert "is not the PBX" in mounted.log() and "wrong report path" in mounted.log()
+    # The PBX itself, on the registered path, is heard.
+    assert post_from("127.0.0.1", url, REPORT) == 200
+    assert [p.name for p in mounted.path.iterdir()] == ["2024"]
+
+
+def test_report_from_widens_who_may_report(sim, mount_factory):
+    mount = mount_factory("prefetch=none", "report_from=127.0.0.1/32,127.0.0.2/32")
+    assert post_from("127.0.0.2", receiver_url(mount), REPORT) == 200
+
+
+def test_a_dribbling_client_is_cut_off(sim, mounted):
+    url = httpx.URL(receiver_url(mounted))
+    with socket.create_connection((url.host, url.port)) as sock:
+        sock.sendall(f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: x\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n".encode())
+        sock.settimeout(30)
+        started = time.monotonic()
+        reply = b""
+        for _ in range(20):
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            time.sleep(0.5)
+            sock.setblocking(False)
+            try:
+                reply += sock.recv(1000)
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+            if reply:
+                break
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert time.monotonic() - started < 9
+    # The mount and the receiver carry on.
+    assert httpx.post(str(url), json=REPORT).status_code == 200
