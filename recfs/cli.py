@@ -4,12 +4,13 @@ fstab rely on; see the README."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 
-from recfs.config import OptionError, build_options, split_options
-from recfs.logs import setup_logging
+# Only the standard library at import time: `recfs status` must start fast and run
+# under any user's Python; each command imports what it needs.
 
 log = logging.getLogger("recfs")
 
@@ -28,6 +29,9 @@ def _mount_parser() -> argparse.ArgumentParser:
 
 
 def cmd_mount(argv: list[str]) -> int:
+    from recfs.config import OptionError, build_options, split_options
+    from recfs.logs import setup_logging
+
     args = _mount_parser().parse_args(argv)
     raw: dict[str, str | bool] = {}
     for chunk in args.options:
@@ -53,6 +57,22 @@ def cmd_mount(argv: list[str]) -> int:
     return mount.run_in_background(opts, start_logging)
 
 
+def cmd_status(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="recfs status",
+                                     description="Show what a running recfs mount is doing.")
+    parser.add_argument("mountpoint")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    from recfs.status import read_status, render
+    try:
+        status = read_status(args.mountpoint)
+    except RuntimeError as exc:
+        print(f"recfs: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2, sort_keys=True) if args.json else render(status))
+    return 0
+
+
 def cmd_demo(argv: list[str]) -> int:
     from recfs.demo import main as demo_main
     return demo_main(argv)
@@ -63,12 +83,46 @@ def cmd_sim(argv: list[str]) -> int:
     return sim_main(argv)
 
 
-COMMANDS = {"mount": cmd_mount, "demo": cmd_demo, "sim": cmd_sim}
+def mount_helper(argv: list[str] | None = None) -> int:
+    """`mount.fuse.recfs SOURCE DIR [-sfnv] [-o OPTS] [-t TYPE]`: what mount(8) runs for
+    `mount -t fuse.recfs` and fstab lines of type fuse.recfs."""
+    argv = sys.argv[1:] if argv is None else argv
+    positional: list[str] = []
+    options: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "-o":
+            options.append(next(words, ""))
+        elif word.startswith("-o") and len(word) > 2:
+            options.append(word[2:])
+        elif word in ("-t", "-N"):
+            next(words, None)
+        elif word.startswith("-"):
+            if "f" in word[1:]:
+                return 0  # mount -f: "fake", do everything but the mount
+            # -s (sloppy), -n (no mtab), -v (verbose): nothing to do for recfs
+        else:
+            positional.append(word)
+    if len(positional) != 2:
+        print("usage: mount.fuse.recfs SOURCE MOUNTPOINT [-o OPTIONS]", file=sys.stderr)
+        return 2
+    return cmd_mount([*positional, *(arg for o in options for arg in ("-o", o))])
+
+
+def cmd_backfill(argv: list[str]) -> int:
+    from recfs.backfill_cli import main as backfill_main
+    return backfill_main(argv)
+
+
+COMMANDS = {"mount": cmd_mount, "status": cmd_status, "demo": cmd_demo, "sim": cmd_sim, "backfill": cmd_backfill}
 
 USAGE = """usage: recfs COMMAND ...
 
 commands:
   mount SOURCE MOUNTPOINT [-f] [-o OPT,...]   mount a PBX's recordings
+  backfill SOURCE --since DATE [--until DATE] -o OPT,...
+                                              import the PBX's call history (CDR)
+  status MOUNTPOINT [--json]                  what a running mount is doing
   demo [MOUNTPOINT]                           built-in PBX simulator + mount, to try recfs
   sim [...]                                   the PBX simulator alone
 

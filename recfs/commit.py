@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from recfs.catalog import Catalog, Recording
+from recfs.pbxtime import PbxClock
 from recfs.protocol.reports import CallRecord
 
 log = logging.getLogger("recfs.commit")
@@ -33,9 +34,9 @@ class _Pending:
 
 
 class GroupCommit:
-    def __init__(self, catalog: Catalog):
+    def __init__(self, catalog: Catalog, clock: PbxClock | None = None):
         self.catalog = catalog
-        self.utc_offset: int | None = None  # set by whoever learns it
+        self.clock = clock
         self._db: sqlite3.Connection | None = None
         self._queue: list[_Pending] = []
         self._wakeup = trio.Event()
@@ -61,7 +62,7 @@ class GroupCommit:
 
     def _commit_calls(self, calls: list[CallRecord]) -> list[Recording | None]:
         assert self._db is not None
-        return self.catalog.add_many(calls, db=self._db, utc_offset=self.utc_offset)
+        return self.catalog.add_many(calls, db=self._db, utc_offset=self.clock.offset if self.clock else None)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self._db = await trio.to_thread.run_sync(self.catalog.connect)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from recfs.gate import parse_networks
 from recfs.protocol.client import normalise_api_version
+from recfs.protocol.tls import parse_fingerprint
 
 DEFAULT_LISTEN = ("0.0.0.0", 8260)
 
@@ -26,8 +27,9 @@ _IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")
 
 _FLAGS = {"insecure", "allow_other", "allow_root", "foreground"}
 _INTS = {"max_downloads", "uid", "gid", "heartbeat"}
-_FLOATS = {"io_timeout"}
-_STRINGS = {"user", "password_file", "api_version", "cafile", "listen", "report_url", "report_from",
+_FLOATS = {"io_timeout", "backfill_interval"}
+_STRINGS = {"user", "password_file", "api_version", "cafile", "fingerprint", "listen",
+            "report_url", "report_from",
             "state_dir", "cache_dir", "prefetch", "umask", "log_level", "log_file", "config",
             "cache_size", "cache_min_free"}
 
@@ -47,6 +49,7 @@ class MountOptions:
     insecure: bool = False
     listen: tuple[str, int] = DEFAULT_LISTEN
     report_url: str | None = None
+    fingerprint: str | None = None  # sha256:<hex>: pin the PBX's certificate
     report_from: str | None = None  # CIDRs allowed to push reports; default: SOURCE's addresses
     state_dir: str | None = None
     cache_dir: str | None = None
@@ -56,6 +59,7 @@ class MountOptions:
     max_downloads: int = 2
     io_timeout: float = 30.0
     heartbeat: int = 300
+    backfill_interval: float = 600.0  # re-check recent CDR history this often
     allow_other: bool = False
     allow_root: bool = False
     uid: int = field(default_factory=os.getuid)
@@ -206,6 +210,11 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
                 value = normalise_api_version(str(value))
             except ValueError as exc:
                 raise OptionError(str(exc)) from None
+        elif key == "fingerprint":
+            try:
+                parse_fingerprint(str(value))
+            except ValueError as exc:
+                raise OptionError(str(exc)) from None
         elif key == "report_from":
             try:
                 parse_networks(str(value))
@@ -220,6 +229,8 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
             except ValueError:
                 raise OptionError(f"{key} must be a size such as 20G, 500M or 10%, "
                                   f"not {value!r}") from None
+        elif key == "backfill_interval" and float(value) < 1:  # type: ignore[arg-type]
+            raise OptionError("backfill_interval must be at least 1 second")
         elif key == "max_downloads" and int(value) < 1:  # type: ignore[arg-type]
             raise OptionError("max_downloads must be at least 1")
         setattr(opts, key, value)

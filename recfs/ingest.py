@@ -1,8 +1,9 @@
-"""From a report on the wire to a recording in the catalog and the tree.
+"""From a report on the wire (or a CDR row) to a recording in the catalog and the tree.
 
 The receiver answers 200 only after `Ingest.report` returned, and that happens only
-after the catalog committed: an acknowledged report is never lost. The same report
-twice is harmless (the catalog keeps the first).
+after the transaction holding the recording committed (recfs/commit.py: reports
+that arrive together share one): an acknowledged report is never lost. The same
+report twice is harmless (the catalog keeps the first).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import time
 from dataclasses import dataclass, field
 
 from recfs.catalog import Catalog, Recording
+from recfs.commit import GroupCommit
 from recfs.content.store import ContentStore
-from recfs.protocol.reports import BadReport, call_from_cdr, decode_report, event_name
+from recfs.pbxtime import PbxClock
+from recfs.protocol.reports import BadReport, CallRecord, call_from_cdr, decode_report, event_name
 from recfs.vfs.core import RecordingsFs
 
 log = logging.getLogger("recfs.ingest")
@@ -33,14 +36,16 @@ class IngestCounters:
 
 class Ingest:
     def __init__(self, catalog: Catalog, fs: RecordingsFs, content: ContentStore,
-                 prefetch_new: bool):
+                 prefetch_new: bool, writer: GroupCommit, clock: PbxClock):
         self.catalog = catalog
         self.fs = fs
         self.content = content
         self.prefetch_new = prefetch_new
+        self.writer = writer
+        self.clock = clock
         self.counters = IngestCounters()
 
-    def report(self, body: bytes, peer: str) -> tuple[int, str]:
+    async def report(self, body: bytes, peer: str) -> tuple[int, str]:
         """Handle one pushed report; returns (HTTP status, short reason)."""
         self.counters.received += 1
         try:
@@ -50,6 +55,7 @@ class Ingest:
                 self.counters.ignored += 1
                 log.debug("ignored %s report from %s", event or "unnamed", peer)
                 return 200, "ignored"
+            self.clock.learn(report.get("callid"), report.get("timestart"))
             call = call_from_cdr(report)
         except BadReport as exc:
             self.counters.rejected += 1
@@ -59,7 +65,11 @@ class Ingest:
         if call is None:
             self.counters.unrecorded += 1
             return 200, "no recording"
-        rec = self.catalog.add(call)
+        try:
+            rec = await self.writer.add(call)
+        except Exception:
+            # Not committed: not acknowledged. The PBX sends the report again.
+            return 503, "not stored"
         if rec is None:
             self.counters.duplicates += 1
             return 200, "known"
@@ -67,6 +77,19 @@ class Ingest:
         self.added(rec)
         log.info("new recording %s/%s", rec.day.replace("-", "/"), rec.name)
         return 200, "added"
+
+    async def add_calls(self, calls: list[CallRecord]) -> tuple[int, int]:
+        """Back-filled calls: (new, already known)."""
+        for call in calls:
+            self.clock.learn(call.callid, call.timestart)
+        new = known = 0
+        for rec in await self.writer.add_many(calls):
+            if rec is None:
+                known += 1
+            else:
+                new += 1
+                self.added(rec)
+        return new, known
 
     def added(self, rec: Recording) -> None:
         self.fs.added(rec)

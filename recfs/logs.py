@@ -8,10 +8,12 @@ rewrites every record: known secret values, and anything that looks like a
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import sys
 import threading
+import time
 
 _PATTERNS = [
     # query strings and form-like text: token=abc, random=abc
@@ -59,6 +61,28 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class RecentProblems(logging.Handler):
+    """Remembers the warnings and errors of the last hour, for `recfs status`."""
+
+    WINDOW = 3600.0
+
+    def __init__(self, keep: int = 1000):
+        super().__init__(logging.WARNING)
+        self._entries: collections.deque[tuple[float, str]] = collections.deque(maxlen=keep)
+        self.addFilter(RedactingFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._entries.append((record.created, f"{record.levelname} {record.name}: "
+                                              f"{record.getMessage()}"))
+
+    def last_hour(self, now: float | None = None) -> list[tuple[float, str]]:
+        cutoff = (time.time() if now is None else now) - self.WINDOW
+        return [entry for entry in self._entries if entry[0] >= cutoff]
+
+
+recent_problems = RecentProblems()
+
+
 def setup_logging(level: str = "INFO", files: list[str] | None = None) -> None:
     """Log lines to stderr (and to *files*), every line through the redactor."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -71,6 +95,7 @@ def setup_logging(level: str = "INFO", files: list[str] | None = None) -> None:
         handler.setFormatter(formatter)
         handler.addFilter(RedactingFilter())
         root.addHandler(handler)
+    root.addHandler(recent_problems)
     root.setLevel(level.upper())
     # Per-request lines from the HTTP libraries would drown recfs's own events.
     for noisy in ("httpx", "httpcore", "hpack", "hypercorn.access"):

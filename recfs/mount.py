@@ -4,6 +4,8 @@
       ├─ content.run        downloads and prefetch workers
       ├─ serve_reports      the report receiver (hypercorn)
       ├─ keep_session       login, heartbeat, re-login
+      ├─ writer.run         group commit of reports (recfs/commit.py)
+      ├─ backfill.run       CDR back-fill: the gap at mount/login, periodic re-check
       ├─ _stop_on_signal    SIGINT/SIGTERM → unmount
       └─ pyfuse3.main       the kernel's requests
 
@@ -18,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pyfuse3
 import trio
@@ -28,10 +30,17 @@ from recfs.config import MountOptions, OptionError, report_target_fields
 from recfs.content.cache import DiskCache, resolve_size
 from recfs.content.prefetch import PrefetchAll
 from recfs.content.store import ContentStore, DownloadPolicy
+from recfs import systemd
 from recfs.fuse_ops import RecfsOperations
+from recfs.logs import recent_problems
+from recfs.status import StatusSources
 from recfs.gate import ReportGate, load_secret, parse_networks
+from recfs.backfill import Backfill, BackfillKeeper, follow_catalog_days
+from recfs.commit import GroupCommit
 from recfs.ingest import Ingest
-from recfs.protocol.client import PbxClient, ReportTarget, make_ssl_verify
+from recfs.pbxtime import META_KEY as OFFSET_KEY, PbxClock
+from recfs.protocol.client import PbxClient, ReportTarget
+from recfs.protocol.tls import parse_fingerprint, verification
 from recfs.receiver import bind_socket, serve_reports
 from recfs.session import keep_session
 from recfs.vfs.core import Owner, RecordingsFs
@@ -99,16 +108,27 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
             await nursery.start(serve_reports, handler, gate, sock, stop_receiver)
             nursery.start_soon(_follow_source_address, gate)
             target_port, url, urltag = report_target_fields(opts, port, secret)
+            pin = parse_fingerprint(opts.fingerprint) if opts.fingerprint else None
             client = PbxClient(
                 opts.source, opts.user, opts.read_password, api_version=opts.api_version,
                 target=ReportTarget(target_port, url, urltag),
-                verify=make_ssl_verify(opts.cafile, opts.insecure), io_timeout=opts.io_timeout,
+                verify=verification(opts.cafile, opts.insecure, pin), fingerprint=pin,
+                io_timeout=opts.io_timeout,
             )
             content = ContentStore(catalog, cache, client,
                                    DownloadPolicy(max_downloads=opts.max_downloads))
             fs = RecordingsFs(catalog, content, Owner(opts.uid, opts.gid, opts.umask))
-            ingest = Ingest(catalog, fs, content, prefetch_new=opts.prefetch in ("new", "all"))
+            clock = PbxClock(_stored_offset(catalog),
+                             save=lambda offset: catalog.set_meta(OFFSET_KEY, str(offset)))
+            writer = GroupCommit(catalog, clock)
+            await nursery.start(writer.run)
+            ingest = Ingest(catalog, fs, content, prefetch_new=opts.prefetch in ("new", "all"),
+                            writer=writer, clock=clock)
             handler.target = ingest.report
+            fs.status = StatusSources(opts.source, opts.mountpoint, client, ingest, content,
+                                      catalog, recent_problems, time.time()).snapshot
+            backfill = BackfillKeeper(Backfill(client, ingest.add_calls), client, clock,
+                                      lambda: catalog.meta("last_seen"), opts.backfill_interval)
             await nursery.start(content.run)
 
             try:
@@ -117,6 +137,8 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
                 raise MountError(f"cannot mount on {opts.mountpoint}: {exc}") from None
             try:
                 nursery.start_soon(keep_session, client, opts.heartbeat)
+                nursery.start_soon(backfill.run)
+                nursery.start_soon(follow_catalog_days, catalog, fs)
                 nursery.start_soon(_stop_on_signal)
                 log.info("mounted %s on %s (%d recordings in the catalog)", opts.source,
                          opts.mountpoint, catalog.count())
@@ -127,8 +149,10 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
                     nursery.start_soon(PrefetchAll(catalog, content,
                                                    workers=opts.max_downloads).run)
                 task_status.started()
+                systemd.notify("READY=1\nSTATUS=mounted")
                 await pyfuse3.main()
             finally:
+                systemd.notify("STOPPING=1")
                 pyfuse3.close(unmount=True)
                 stop_receiver.set()
                 nursery.cancel_scope.cancel()
@@ -154,17 +178,25 @@ def _open_cache(opts: MountOptions) -> DiskCache:
                      index_path=opts.resolved_state_dir() / "cache-index.sqlite")
 
 
+def _stored_offset(catalog: Catalog) -> int | None:
+    value = catalog.meta(OFFSET_KEY)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 class _Deferred:
     """The receiver must be bound before the ingest side exists; reports that arrive
     in between are refused with 503, and the PBX sends them again."""
 
     def __init__(self):
-        self.target: Callable[[bytes, str], tuple[int, str]] | None = None
+        self.target: Callable[[bytes, str], Awaitable[tuple[int, str]]] | None = None
 
-    def __call__(self, body: bytes, peer: str) -> tuple[int, str]:
+    async def __call__(self, body: bytes, peer: str) -> tuple[int, str]:
         if self.target is None:
             return 503, "starting"
-        return self.target(body, peer)
+        return await self.target(body, peer)
 
 
 async def _follow_source_address(gate: ReportGate) -> None:

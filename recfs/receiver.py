@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 from hypercorn.config import Config
@@ -21,7 +21,7 @@ from recfs.protocol.reports import MAX_REPORT_BYTES
 
 log = logging.getLogger("recfs.receiver")
 
-Handler = Callable[[bytes, str], tuple[int, str]]
+Handler = Callable[[bytes, str], Awaitable[tuple[int, str]]]
 BODY_DEADLINE = 5
 
 
@@ -67,7 +67,7 @@ class ReportApp:
                         BODY_DEADLINE)
             await _reply(send, 408, "too slow")
             return
-        status, reason = self.handle(bytes(body), peer)
+        status, reason = await self.handle(bytes(body), peer)
         await _reply(send, status, reason)
 
 

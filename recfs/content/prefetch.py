@@ -35,8 +35,14 @@ def newest_first(catalog: Catalog) -> Iterator[Recording]:
                 break
             recordings += batch
             cursor = batch[-1].ino
-        recordings.sort(key=lambda rec: (rec.mtime, rec.name), reverse=True)
+        recordings.sort(key=_age, reverse=True)
         yield from recordings
+
+
+def _age(rec: Recording) -> tuple[float, tuple[int, ...], str]:
+    # The callid's integer part is the call's start; its fraction counts calls.
+    parts = tuple(int(p) for p in rec.call.callid.split(".") if p.isdigit())
+    return rec.mtime, parts, rec.name
 
 
 class PrefetchAll:

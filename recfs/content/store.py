@@ -31,6 +31,9 @@ class DownloadPolicy:
     max_downloads: int = 2
     attempts: int = 3  # per transfer, each with a fresh get_random
     backoff: float = 1.0  # seconds before the 2nd attempt; doubles
+    # After a transfer gave up, reads of that recording fail at once for this long
+    # (the kernel re-issues a failed read-ahead: that must not start it all over).
+    failure_memory: float = 2.0
 
 
 class ContentStore:
@@ -42,6 +45,7 @@ class ContentStore:
         self.policy = policy or DownloadPolicy()
         self.slots = Slots(self.policy.max_downloads)
         self.transfers: dict[int, Transfer] = {}
+        self._failed: dict[int, tuple[float, Transfer]] = {}  # ino → (when, failed transfer)
         self._nursery: trio.Nursery | None = None
         self._prefetch_send, self._prefetch_receive = trio.open_memory_channel[Recording](math.inf)
         self.downloads_completed = 0
@@ -101,6 +105,11 @@ class ContentStore:
         transfer = self.transfers.get(rec.ino)
         if transfer is not None:
             return transfer
+        failed = self._failed.get(rec.ino)
+        if failed is not None:
+            if trio.current_time() - failed[0] < self.policy.failure_memory:
+                return failed[1]
+            del self._failed[rec.ino]
         if self._nursery is None:
             raise RuntimeError("ContentStore.run() is not running")
         transfer = Transfer(rec.ino, rec.name, rec.size, self.cache.create_partial(rec.ino))
@@ -140,6 +149,9 @@ class ContentStore:
             self.cache.discard_partial(transfer.ino, transfer.have)
             if isinstance(exc, CacheFull):
                 log.warning("download of %s failed: %s", transfer.name, exc.strerror)
+            if len(self._failed) > 1000:
+                self._failed.clear()
+            self._failed[transfer.ino] = (trio.current_time(), transfer)
             transfer.fail(exc)
         except BaseException as exc:  # cancelled at unmount, or a bug: readers must not hang
             self.cache.discard_partial(transfer.ino, transfer.have)
@@ -229,30 +241,42 @@ class OpenRecording:
         fd = cache.open_complete(self.rec.ino, self.store.known_size(self.rec))
         if fd is None:
             transfer = self.store.transfer(self.rec)
-            fd = cache.open_partial(self.rec.ino)
             self.transfer = transfer
             transfer.readers += 1
+            if transfer.error is not None:
+                return  # it has just failed: reads fail until it may be tried again
+            fd = cache.open_partial(self.rec.ino)
         self.fd = fd
         cache.pin(self.rec.ino)  # an open file is never evicted
 
-    def _detach(self) -> None:
-        if self.transfer is not None:
-            self.transfer.readers -= 1
-            self.transfer = None
+    def _close_fd(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
             self.store.cache.unpin(self.rec.ino)
 
+    def _detach(self) -> None:
+        if self.transfer is not None:
+            self.transfer.readers -= 1
+            self.transfer = None
+        self._close_fd()
+
     async def read(self, offset: int, size: int) -> bytes:
         if self.transfer is not None and self.transfer.error is not None:
             self.attach()  # the last download failed: a new read deserves a new try
         if self.transfer is not None and not self.transfer.complete:
-            total = await self.transfer.wait_size()
-            end = min(offset + size, total)
-            if end <= offset:
-                return b""
-            await self.transfer.wait_for(end)
+            try:
+                self.transfer.raise_if_failed()
+                total = await self.transfer.wait_size()
+                end = min(offset + size, total)
+                if end <= offset:
+                    return b""
+                await self.transfer.wait_for(end)
+            except TransferFailed:
+                # The failed download's partial file is deleted: holding it open
+                # would keep its disk space taken.
+                self._close_fd()
+                raise
         assert self.fd is not None
         return os.pread(self.fd, size, offset)
 

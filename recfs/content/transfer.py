@@ -56,13 +56,13 @@ class Transfer:
 
     # -- the readers' side ------------------------------------------------------
 
-    def _raise_if_failed(self) -> None:
+    def raise_if_failed(self) -> None:
         if self.error is not None:
             raise TransferFailed(f"download of {self.name} failed: {self.error}") from self.error
 
     async def wait_size(self) -> int:
         while self.size is None:
-            self._raise_if_failed()
+            self.raise_if_failed()
             if self.complete:
                 break
             await self._changed.wait()
@@ -72,8 +72,8 @@ class Transfer:
     async def wait_for(self, end: int) -> None:
         """Return once bytes [0, end) are on disk."""
         while self.have < end and not self.complete:
-            self._raise_if_failed()
+            self.raise_if_failed()
             await self._changed.wait()
         if self.have < end:
-            self._raise_if_failed()
+            self.raise_if_failed()
             raise TransferFailed(f"{self.name} ended after {self.have} bytes")

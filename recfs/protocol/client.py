@@ -24,6 +24,7 @@ import trio
 
 from recfs.logs import forget_secret, register_secret
 from recfs.protocol.errors import BAD_CREDENTIALS, LOCKED_OUT, PbxError
+from recfs.protocol.tls import pinned_transport
 
 log = logging.getLogger("recfs.pbx")
 
@@ -161,6 +162,22 @@ def sniff(head: bytes) -> tuple[str, int | None]:
     return "other", None
 
 
+def describe(exc: BaseException) -> str:
+    """A transport error as a person can act on it. httpx's own message is often
+    empty (a TLS failure under trio, for one); the cause underneath says what broke."""
+    parts = [type(exc).__name__]
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        if text and text not in parts:
+            parts.append(text)
+            break
+        current = current.__cause__ or current.__context__
+    return ": ".join(parts)
+
+
 def parse_failure(operation: str, raw: bytes) -> PbxError:
     """Turn a failure body into a PbxError that names the errno."""
     try:
@@ -174,13 +191,6 @@ def parse_failure(operation: str, raw: bytes) -> PbxError:
                     None if errno is not None else "PBX answered without an errno")
 
 
-def make_ssl_verify(cafile: str | None, insecure: bool) -> ssl.SSLContext | bool:
-    if insecure:
-        return False
-    context = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
-    return context
-
-
 class PbxClient:
     def __init__(
         self,
@@ -191,6 +201,7 @@ class PbxClient:
         api_version: str = "v2.0.0",
         target: ReportTarget,
         verify: ssl.SSLContext | bool = True,
+        fingerprint: bytes | None = None,
         io_timeout: float = 30.0,
         connect_timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -208,6 +219,9 @@ class PbxClient:
         self.logins = 0
         self.last_interaction: float | None = None
         timeout = httpx.Timeout(io_timeout, connect=connect_timeout)
+        if fingerprint is not None and transport is None:
+            assert isinstance(verify, ssl.SSLContext)
+            transport = pinned_transport(fingerprint, verify)
         self._http = httpx.AsyncClient(
             verify=verify,
             timeout=timeout,
@@ -232,7 +246,7 @@ class PbxClient:
         try:
             response = await self._http.post(self._url(endpoint), json=body, params=params)
         except httpx.HTTPError as exc:
-            raise PbxError(operation, None, f"{type(exc).__name__}: {exc}") from None
+            raise PbxError(operation, None, describe(exc)) from None
         raw = response.content
         try:
             reply = json.loads(raw.decode("utf-8"))
@@ -368,7 +382,7 @@ class PbxClient:
                     yield RecordingBody(name, head, _content_length(response), riff_size, raw)
                     return
             except httpx.HTTPError as exc:
-                raise PbxError("download", None, f"{type(exc).__name__}: {exc}") from None
+                raise PbxError("download", None, describe(exc)) from None
             finally:
                 forget_secret(random)
         raise AssertionError("unreachable")
@@ -405,7 +419,7 @@ class PbxClient:
                             raise PbxError("cdr_download", None,
                                            f"CDR file larger than {MAX_CDR_BYTES} bytes; use a shorter range")
             except httpx.HTTPError as exc:
-                raise PbxError("cdr_download", None, f"{type(exc).__name__}: {exc}") from None
+                raise PbxError("cdr_download", None, describe(exc)) from None
             finally:
                 forget_secret(random)
             head = bytes(body[:64]).lstrip(b"\xef\xbb\xbf").lstrip()

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from recfs.catalog import Catalog, Recording
 from recfs.content.store import ContentStore, OpenRecording
 from recfs.content.transfer import TransferFailed
 from recfs.protocol.errors import PbxError
-from recfs.vfs.tree import DirNode, DirTree
+# The root directory's xattr with the running mount's state as JSON (`recfs status`):
+# it works for every user who can see the mount, through the mount itself.
+from recfs.status import STATUS_XATTR
+from recfs.vfs.tree import ROOT_INO, DirNode, DirTree
 
 log = logging.getLogger("recfs.vfs")
 
@@ -85,6 +89,7 @@ class RecordingsFs:
             self.tree.add_day(day, newest)
         self._handles: dict[int, OpenRecording] = {}
         self._next_fh = itertools.count(1)
+        self.status: Callable[[], dict] | None = None  # set by the mount
 
     # -- news from the ingest side --------------------------------------------------
 
@@ -218,11 +223,13 @@ class RecordingsFs:
 
     def listxattr(self, ino: int) -> list[str]:
         if self.tree.get(ino) is not None:
-            return []
+            return [STATUS_XATTR] if ino == ROOT_INO and self.status is not None else []
         rec = self._recording(ino)
         return [XATTR_PREFIX + field for field in XATTR_FIELDS if getattr(rec.call, field)]
 
     def getxattr(self, ino: int, name: str) -> bytes:
+        if ino == ROOT_INO and name == STATUS_XATTR and self.status is not None:
+            return json.dumps(self.status(), sort_keys=True).encode()
         if self.tree.get(ino) is None and name.startswith(XATTR_PREFIX):
             field = name[len(XATTR_PREFIX):]
             if field in XATTR_FIELDS:

@@ -103,7 +103,9 @@ class Sim:
 class Mount:
     """A `recfs mount -f` process (or a background one), with its log."""
 
-    def __init__(self, sim: Sim, workdir: Path, *options: str, background: bool = False):
+    def __init__(self, sim: Sim, workdir: Path, *options: str, background: bool = False,
+                 env: dict[str, str] | None = None):
+        self.env = {**os.environ, **(env or {})}
         self.sim = sim
         self.workdir = workdir
         self.path = workdir / "mnt"
@@ -126,11 +128,13 @@ class Mount:
 
     def start(self) -> None:
         if self.background:
-            done = subprocess.run(self.argv, stdout=self._log, stderr=subprocess.STDOUT, timeout=60)
+            done = subprocess.run(self.argv, stdout=self._log, stderr=subprocess.STDOUT, timeout=60,
+                                  env=self.env)
             assert done.returncode == 0, self.log()
             assert os.path.ismount(self.path), "recfs mount returned before the mount was ready"
             return
-        self.proc = subprocess.Popen([*self.argv, "-f"], stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*self.argv, "-f"], stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env)
         wait_for(lambda: os.path.ismount(self.path) or self.proc.poll() is not None, 30,
                  what="mount")
         if not os.path.ismount(self.path):

@@ -1,0 +1,22 @@
+"""Telling systemd how the mount is doing (Type=notify units): READY=1 once the
+mount is usable, STOPPING=1 on the way down. A no-op outside systemd."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def notify(state: str) -> bool:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError:
+            return False
+    return True

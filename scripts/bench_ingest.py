@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Ingestion throughput: concurrent clients post distinct NewCdr reports to a real
+mount's receiver (a real `recfs mount` against `recfs sim`); every report is counted
+only once answered 200, i.e. committed.
+
+    .venv/bin/python scripts/bench_ingest.py [--reports 20000] [--clients 64]
+
+Clients run in a separate process (asyncio, raw HTTP/1.1, one connection per report
+as the PBX does) so that they do not share the mount's CPU time slice in Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "mount"))
+
+from conftest import Mount, Sim, receiver_url  # noqa: E402
+
+
+def report(i: int) -> bytes:
+    epoch = 1718001234 + i
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(epoch + 8))
+    body = {"event": "NewCdr", "callid": f"{epoch}.{i}",
+            "timestart": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)),
+            "callfrom": "0612345678", "callto": "2001", "type": "Inbound", "status": "ANSWERED",
+            "callduraction": "47", "talkduraction": "39",
+            "recording": f"{stamp}-{epoch}.{i}-0612345678-2001-Inbound.wav"}
+    return json.dumps(body).encode()
+
+
+async def _post(host: str, port: int, path: str, body: bytes) -> int:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUser-Agent: WebAPI\r\n"
+                 b"Content-Type: application/json\r\nConnection: close\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    return int(status_line.split()[1])
+
+
+async def _clients(url: str, first: int, count: int, clients: int) -> list[int]:
+    hostport, _, path = url.removeprefix("http://").partition("/")
+    host, _, port = hostport.rpartition(":")
+    queue = iter(range(first, first + count))
+    acked: list[int] = []
+
+    async def worker():
+        for i in queue:
+            try:
+                if await _post(host, int(port), "/" + path, report(i)) == 200:
+                    acked.append(i)
+            except OSError:
+                pass
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return acked
+
+
+def client_process(url, first, count, clients, out):
+    out.put(asyncio.run(_clients(url, first, count, clients)))
+
+
+def post_burst(url: str, count: int, clients: int, processes: int = 1, first: int = 0) -> list[int]:
+    out = multiprocessing.Queue()
+    share = count // processes
+    procs = [multiprocessing.Process(target=client_process,
+                                     args=(url, first + k * share, share, clients // processes, out))
+             for k in range(processes)]
+    for p in procs:
+        p.start()
+    acked: list[int] = []
+    for _ in procs:
+        acked += out.get()
+    for p in procs:
+        p.join()
+    return acked
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reports", type=int, default=20000)
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--processes", type=int, default=1)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        sim = Sim(work / "sim")
+        mount = None
+        try:
+            mount = Mount(sim, work / "m", "prefetch=none", "log_level=WARNING")
+            url = receiver_url(mount) if "receiving" in mount.log() else None
+            if url is None:
+                mount.unmount()
+                mount = Mount(sim, work / "m", "prefetch=none")
+                url = receiver_url(mount)
+            post_burst(url, 200, 8, first=10_000_000)  # warm-up
+            started = time.perf_counter()
+            acked = post_burst(url, args.reports, args.clients, args.processes)
+            elapsed = time.perf_counter() - started
+            db = sqlite3.connect(mount.state_dir / "catalog.sqlite")
+            stored = db.execute("SELECT count(*) FROM recordings").fetchone()[0]
+            db.close()
+            print(f"{len(acked)} of {args.reports} reports acknowledged in {elapsed:.2f} s: "
+                  f"{len(acked) / elapsed:.0f} reports/s ({args.clients} concurrent clients, "
+                  f"{os.cpu_count()} CPUs); {stored} in the catalog")
+            mount.unmount()
+        finally:
+            if mount is not None:
+                mount.cleanup()
+            sim.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The disk cache without mounting: limits, LRU, pins, ENOSPC, the index across
+restarts, and what a crash leaves behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import trio
+
+from recfs.content.cache import CacheFull, DiskCache, parse_size, resolve_size
+
+
+def put(cache: DiskCache, ino: int, data: bytes) -> None:
+    """A download in miniature: write a partial file, then commit it."""
+    fd = cache.create_partial(ino)
+    try:
+        for start in range(0, len(data), 1000):
+            cache.write(fd, data[start:start + 1000], start)
+        trio.run(cache.commit, ino, fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def cached(cache: DiskCache) -> set[int]:
+    return {int(p.stem, 16) for p in cache.complete_dir.iterdir()}
+
+
+def test_parse_size():
+    assert parse_size("20G") == (20 << 30, False)
+    assert parse_size("512m") == (512 << 20, False)
+    assert parse_size("1.5K") == (1536, False)
+    assert parse_size("100") == (100, False)
+    assert parse_size("5%") == (500, True)
+    for bad in ("", "G", "-1M", "101%", "lots"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_resolve_size_is_absolute_or_a_share_of_the_filesystem(tmp_path):
+    st = os.statvfs(tmp_path)
+    total = st.f_blocks * st.f_frsize
+    assert resolve_size("1M", tmp_path, 25) == 1 << 20
+    assert resolve_size("10%", tmp_path, 25) == total * 1000 // 10000
+    assert resolve_size(None, tmp_path, 25) == int(total * 25 / 100)
+
+
+def test_least_recently_used_complete_files_go_first(tmp_path):
+    cache = DiskCache(tmp_path / "c", max_bytes=10_000)
+    for ino in (1, 2, 3):
+        put(cache, ino, bytes([ino]) * 3000)
+    assert cache.used_bytes == 9000
+    fd = cache.open_complete(1, 3000)  # 1 is now the most recently used
+    os.close(fd)
+    put(cache, 4, b"4" * 3000)  # needs 2000 bytes: 2 goes
+    assert cached(cache) == {1, 3, 4}
+    assert cache.used_bytes == 9000 and cache.evictions == 1
+    put(cache, 5, b"5" * 6000)  # 3, then 1
+    assert cached(cache) == {4, 5}
+    assert cache.used_bytes <= 10_000
+
+
+def test_pinned_files_stay_and_the_overshoot_is_counted(tmp_path):
+    cache = DiskCache(tmp_path / "c", max_bytes=5000)
+    put(cache, 1, b"1" * 4000)
+    cache.pin(1)
+    put(cache, 2, b"2" * 4000)
+    assert cached(cache) == {1, 2}
+    assert cache.overshoot_max > 0
+    cache.unpin(1)
+    put(cache, 3, b"3" * 1000)
+    assert cached(cache) == {2, 3}
+    assert cache.used_bytes <= 5000
+
+
+def test_enospc_evicts_then_gives_up_with_cachefull(tmp_path, monkeypatch):
+    cache = DiskCache(tmp_path / "c")
+    put(cache, 1, b"1" * 100)
+    put(cache, 2, b"2" * 100)
+    room = {"left": 150}
+    real_pwrite = os.pwrite
+
+    def pwrite(fd, data, offset):  # a filesystem with 150 bytes left, until files go
+        if room["left"] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = min(len(data), room["left"])
+        room["left"] -= n
+        return real_pwrite(fd, data[:n], offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    real_unlink = os.unlink
+
+    def unlink(path, *a, **k):
+        room["left"] += 100
+        return real_unlink(path, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    fd = cache.create_partial(3)
+    cache.write(fd, b"3" * 250, 0)  # 150, then ENOSPC: evict 1, 100 more
+    assert cached(cache) == {2} and cache.partial_bytes == 250
+    with pytest.raises(CacheFull):
+        cache.write(fd, b"3" * 500, 250)  # evicts 2, still no room
+    assert cached(cache) == set()
+    os.close(fd)
+    cache.discard_partial(3, cache.partial_bytes)
+    assert cache.partial_bytes == 0 and not list(cache.partial_dir.iterdir())
+
+
+def test_the_index_survives_a_restart_and_partials_do_not(tmp_path):
+    index = tmp_path / "state" / "index.sqlite"
+    index.parent.mkdir()
+    cache = DiskCache(tmp_path / "c", index_path=index)
+    put(cache, 1, b"1" * 1000)
+    put(cache, 2, b"2" * 2000)
+    fd = cache.create_partial(3)
+    cache.write(fd, b"3" * 500, 0)  # a download in flight when the process dies
+    os.close(fd)
+    # No close(): as after kill -9.
+    again = DiskCache(tmp_path / "c", index_path=index)
+    assert again.usage() == (2, 3000)  # from the index, without scanning
+    assert list(again.partial_dir.iterdir()) == []
+    assert again.cached_size(1) == 1000 and again.cached_size(3) is None
+    trio.run(again.reconcile)
+    assert not list((tmp_path / "c").glob("partial.discard-*"))
+    assert again.usage() == (2, 3000)
+
+
+def test_reconcile_adopts_unindexed_files_and_forgets_missing_ones(tmp_path):
+    cache = DiskCache(tmp_path / "c")
+    put(cache, 1, b"1" * 1000)
+    put(cache, 2, b"2" * 2000)
+    cache.close()
+    # A crash between rename and index write; and a file deleted by hand.
+    (tmp_path / "c" / "complete" / f"{7:016x}.wav").write_bytes(b"7" * 700)
+    (tmp_path / "c" / "complete" / f"{1:016x}.wav").unlink()
+    again = DiskCache(tmp_path / "c")
+    trio.run(again.reconcile)
+    assert again.usage() == (2, 2700)
+    assert again.cached_size(7) == 700 and again.cached_size(1) is None
+
+
+def test_a_cached_file_of_the_wrong_length_is_discarded(tmp_path):
+    cache = DiskCache(tmp_path / "c")
+    put(cache, 1, b"1" * 1000)
+    assert cache.open_complete(1, 999) is None
+    assert cached(cache) == set() and cache.usage() == (0, 0)
