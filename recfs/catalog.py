@@ -202,6 +202,16 @@ class Catalog:
         ).fetchall()
         return [self._recording(r) for r in rows]
 
+    def day_entries(self, day: str, after_ino: int = 0, limit: int = 64) -> list[Recording]:
+        """Like in_day, for listings: only what a directory entry needs (the call
+        record carries just the name), fetched in small batches, since the kernel
+        asks for a few dozen entries at a time."""
+        rows = self._db.execute(
+            "SELECT ino, name, epoch, size, added FROM recordings "
+            "WHERE day = ? AND ino > ? ORDER BY ino LIMIT ?", (day, after_ino, limit)).fetchall()
+        return [Recording(ino, day, float(epoch if epoch is not None else added), size, added,
+                          CallRecord(name)) for ino, name, epoch, size, added in rows]
+
     def days(self) -> list[tuple[str, int, float]]:
         """(day, number of recordings, time the newest was added), for every day."""
         return [(r["day"], r["count"], r["newest"])

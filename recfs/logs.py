@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import re
 import sys
 import threading
@@ -61,6 +62,15 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class _JournalFormatter(logging.Formatter):
+    _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                 logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self._PRIORITY.get(record.levelno, 6)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
+
+
 class RecentProblems(logging.Handler):
     """Remembers the warnings and errors of the last hour, for `recfs status`."""
 
@@ -85,7 +95,11 @@ recent_problems = RecentProblems()
 
 def setup_logging(level: str = "INFO", files: list[str] | None = None) -> None:
     """Log lines to stderr (and to *files*), every line through the redactor."""
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.environ.get("JOURNAL_STREAM") and not files:
+        # stderr is the journal: it stamps the time itself and reads <N> as the priority.
+        formatter: logging.Formatter = _JournalFormatter("%(name)s: %(message)s")
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     handlers += [logging.FileHandler(path) for path in files or []]
     root = logging.getLogger()

@@ -171,7 +171,9 @@ class RecordingsFs:
             return
         cursor = after
         while True:
-            batch = self.catalog.in_day(day, cursor)
+            # Small batches: each kernel readdir call takes a few dozen entries and
+            # comes back with the last cursor, so a big batch would be mostly wasted.
+            batch = self.catalog.day_entries(day, cursor)
             if not batch:
                 return
             for rec in batch:

@@ -1,0 +1,463 @@
+#!/usr/bin/env python3
+"""Content-layer benchmarks: recfs against baselines measured side by side, in one run.
+
+    .venv/bin/python scripts/bench_content.py            # everything (a few minutes)
+    .venv/bin/python scripts/bench_content.py --quick    # smaller bulk and cap runs
+    .venv/bin/python scripts/bench_content.py --only cached,stream
+
+Needs root (drop_caches), /dev/fuse, curl, rsync, dd. Not part of the test suite:
+it prints figures, and a ratio against its baseline for each.
+
+  cached   dd bs=1M of a cached 64 MiB recording, vs a minimal pyfuse3 filesystem
+           (below, in this file) serving the same file with os.pread
+  stream   uncached streaming read of a 20 MiB recording, vs get_random + download
+           directly (httpx in-process, and curl)
+  ttfb     open + first 4 KiB of an uncached recording, vs get_random + first body
+           byte directly (httpx)
+  bulk     rsync -a of N uncached recordings (200 KiB-5 MiB), vs a curl loop
+           (get_random + download per name); peak transfers at the simulator
+  many     50 readers of 50 recordings, and 20 readers of one: bytes, downloads
+           per recording, peak RSS of recfs
+  cap      cache_size=50M fed 500 MiB: the largest du seen, reads checked
+  start    mount time with the cache from `bulk`, and after kill -9
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "mount"))
+
+SECOND = 16000  # bytes per second of 8 kHz 16-bit mono
+MiB = 1 << 20
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def dd(path: Path) -> None:
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def seconds_for(size: int) -> int:
+    return max(1, (size - 44) // SECOND)
+
+
+def vm_hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def vm_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def line(name: str, figure: str, ratio: str = "") -> None:
+    print(f"  {name:<44} {figure:<34} {ratio}", flush=True)
+
+
+# -- the baseline filesystem ------------------------------------------------------
+
+def serve_one_file(source: str, mountpoint: str) -> None:
+    """A minimal read-only pyfuse3 filesystem: / holds one file, read with os.pread."""
+    import errno
+    import stat
+
+    import pyfuse3
+    import trio
+
+    fd = os.open(source, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    name = b"f.wav"
+    ino = pyfuse3.ROOT_INODE + 1
+
+    class Ops(pyfuse3.Operations):
+        def _attr(self, inode):
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = inode
+            if inode == pyfuse3.ROOT_INODE:
+                a.st_mode, a.st_nlink, a.st_size = stat.S_IFDIR | 0o555, 2, 0
+            else:
+                a.st_mode, a.st_nlink, a.st_size = stat.S_IFREG | 0o444, 1, size
+            a.st_uid, a.st_gid = os.getuid(), os.getgid()
+            a.attr_timeout = a.entry_timeout = 3600
+            return a
+
+        async def getattr(self, inode, ctx=None):
+            return self._attr(inode)
+
+        async def lookup(self, parent, n, ctx=None):
+            if parent == pyfuse3.ROOT_INODE and n == name:
+                return self._attr(ino)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+
+        async def opendir(self, inode, ctx):
+            return inode
+
+        async def readdir(self, fh, start, token):
+            if start == 0:
+                pyfuse3.readdir_reply(token, name, self._attr(ino), 1)
+
+        async def open(self, inode, flags, ctx):
+            return pyfuse3.FileInfo(fh=inode)
+
+        async def read(self, fh, off, length):
+            return os.pread(fd, length, off)
+
+    options = {"fsname=baseline", "ro", "noatime", "default_permissions"}
+    pyfuse3.init(Ops(), mountpoint, options)
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+# -- direct PBX access (the other baselines) ---------------------------------------
+
+class Direct:
+    """get_random + download as any client would do them, without recfs."""
+
+    def __init__(self, sim):
+        import httpx
+        self.sim = sim
+        self.ctx = ssl.create_default_context(cafile=sim.cafile)
+        self.http = httpx.Client(base_url=sim.url, verify=self.ctx, timeout=60,
+                                 limits=httpx.Limits(max_keepalive_connections=0))
+        md5 = hashlib.md5(sim.password.encode()).hexdigest()
+        reply = self.http.post("/api/v2.0.0/login", json={
+            "username": sim.user, "password": md5, "port": "9", "version": "2.0.0"}).json()
+        self.token = reply["token"]
+
+    def random(self, name: str) -> str:
+        return self.http.post("/api/v2.0.0/recording/get_random", params={"token": self.token},
+                              json={"recording": name}).json()["random"]
+
+    def download(self, name: str, first_byte_only: bool = False) -> int:
+        random_value = self.random(name)
+        got = 0
+        with self.http.stream("GET", "/api/v2.0.0/recording/download", params={
+                "recording": name, "random": random_value, "token": self.token}) as reply:
+            for chunk in reply.iter_raw():
+                got += len(chunk)
+                if first_byte_only and got:
+                    break
+        return got
+
+    def curl(self, name: str, out: str = "/dev/null") -> None:
+        import urllib.parse
+        base = self.sim.url + "/api/v2.0.0/recording/"
+        reply = subprocess.run(
+            ["curl", "-sS", "--cacert", self.sim.cafile, "-X", "POST",
+             "-H", "Content-Type: application/json", "-d", json.dumps({"recording": name}),
+             f"{base}get_random?token={self.token}"], capture_output=True, check=True).stdout
+        random_value = json.loads(reply)["random"]
+        query = urllib.parse.urlencode({"recording": name, "random": random_value,
+                                        "token": self.token})
+        subprocess.run(["curl", "-sS", "--cacert", self.sim.cafile, "-o", out,
+                        f"{base}download?{query}"], check=True)
+
+    def close(self) -> None:
+        self.http.post("/api/v2.0.0/logout", params={"token": self.token})
+        self.http.close()
+
+
+# -- the benchmarks ------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, work: Path, quick: bool):
+        from conftest import Sim
+        self.work = work
+        self.quick = quick
+        self.sim = Sim(work / "sim")
+        self.mounts = []
+
+    def mount(self, name: str, *options: str):
+        from conftest import Mount
+        mount = Mount(self.sim, self.work / name, "prefetch=none", *options)
+        self.mounts.append(mount)
+        return mount
+
+    def close(self) -> None:
+        for mount in self.mounts:
+            mount.cleanup()
+        self.sim.close()
+
+    def truth(self, name: str) -> bytes:
+        return self.sim.recording_bytes(name)
+
+    def cached(self) -> None:
+        print("cached sequential read, 64 MiB, dd bs=1M (page cache dropped before each)")
+        mount = self.mount("cached")
+        cdr = self.sim.call(duration=seconds_for(64 * MiB))
+        path = mount.wait_file(cdr)
+        dd(path)  # download it into the cache
+        while not any((mount.cache_dir / "complete").iterdir()):
+            time.sleep(0.05)
+        cache_file = next((mount.cache_dir / "complete").iterdir())
+        base_mnt = self.work / "baseline-mnt"
+        base_mnt.mkdir()
+        server = subprocess.Popen([sys.executable, __file__, "--serve-file", str(cache_file),
+                                   str(base_mnt)])
+        try:
+            while not os.path.ismount(base_mnt):
+                time.sleep(0.02)
+            base_file = base_mnt / "f.wav"
+            rec, base = [], []
+            for _ in range(7):
+                drop_caches()
+                rec.append(timed(lambda: dd(path)))
+                drop_caches()
+                base.append(timed(lambda: dd(base_file)))
+        finally:
+            subprocess.run(["fusermount3", "-u", str(base_mnt)], check=False)
+            server.wait(10)
+        size = path.stat().st_size
+        r, b = statistics.median(rec), statistics.median(base)
+        line("recfs (cached)", f"{size / r / MiB:8.0f} MiB/s (median of 7)")
+        line("baseline pyfuse3 + os.pread", f"{size / b / MiB:8.0f} MiB/s",
+             f"ratio {b / r:.2f} (goal >= 0.8)")
+
+    def stream(self) -> None:
+        print("uncached streaming read of a 20 MiB recording over HTTPS")
+        mount = self.mount("stream")
+        reps = 3
+        cdrs = [self.sim.call(duration=seconds_for(20 * MiB)) for _ in range(reps * 3)]
+        paths = [mount.wait_file(c) for c in cdrs]
+        direct = Direct(self.sim)
+        rec, via_httpx, via_curl = [], [], []
+        try:
+            for i in range(reps):
+                rec.append(timed(lambda: dd(paths[3 * i])))
+                via_httpx.append(timed(lambda: direct.download(cdrs[3 * i + 1]["recording"])))
+                via_curl.append(timed(lambda: direct.curl(cdrs[3 * i + 2]["recording"])))
+        finally:
+            direct.close()
+        for i in range(reps):
+            assert paths[3 * i].read_bytes() == self.truth(cdrs[3 * i]["recording"])
+        size = paths[0].stat().st_size
+        r, h, c = (statistics.median(x) for x in (rec, via_httpx, via_curl))
+        line("recfs, dd bs=1M", f"{size / r / MiB:8.1f} MiB/s (median of {reps})")
+        line("direct: httpx get_random + download", f"{size / h / MiB:8.1f} MiB/s",
+             f"ratio {h / r:.2f} (goal >= 0.8)")
+        line("direct: curl get_random + curl download", f"{size / c / MiB:8.1f} MiB/s",
+             f"ratio {c / r:.2f} (goal >= 0.8)")
+
+    def ttfb(self) -> None:
+        print("time to first byte of an uncached open")
+        mount = self.mount("ttfb")
+        reps = 15
+        cdrs = [self.sim.call(duration=5) for _ in range(reps * 2)]
+        paths = [mount.wait_file(c) for c in cdrs]
+        direct = Direct(self.sim)
+        rec, base = [], []
+
+        def first(path):
+            with open(path, "rb", buffering=0) as f:
+                assert f.read(4096)[:4] == b"RIFF"
+
+        try:
+            for i in range(reps):
+                rec.append(timed(lambda: first(paths[2 * i])))
+                base.append(timed(lambda: direct.download(cdrs[2 * i + 1]["recording"], True)))
+        finally:
+            direct.close()
+        r, b = statistics.median(rec), statistics.median(base)
+        line("recfs: open + read 4 KiB", f"{r * 1000:8.1f} ms (median of {reps})")
+        line("direct: get_random + first body byte", f"{b * 1000:8.1f} ms",
+             f"recfs {1000 * (r - b):+.1f} ms (goal <= +10 ms)")
+
+    def bulk(self) -> None:
+        count = 100 if self.quick else 500
+        print(f"bulk copy of {count} uncached recordings (200 KiB-5 MiB), max_downloads=2")
+        mount = self.mount("bulk", "max_downloads=2")
+        rng = random.Random(7)
+        cdrs = [self.sim.call(duration=rng.randint(13, 327)) for _ in range(count)]
+        for cdr in cdrs:
+            mount.wait_file(cdr, timeout=30)
+        sizes = self.sim.recordings()
+        total = sum(sizes[c["recording"]]["size"] for c in cdrs)
+        names = [c["recording"] for c in cdrs]
+        self.sim.http.post("/sim/reset-stats").raise_for_status()
+        target = self.work / "rsync-out"
+        r = timed(lambda: subprocess.run(["rsync", "-a", f"{mount.path}/", f"{target}/"],
+                                         check=True))
+        peak = self.sim.stats()["downloads_max_concurrent"]
+        downloads = sum(self.sim.stats()["downloads"].values())
+        bad = [c["recording"] for c in cdrs
+               if target.joinpath(*c["timestart"][:10].split("-"), c["recording"]).read_bytes()
+               != self.truth(c["recording"])]
+        shutil.rmtree(target)
+        out = self.work / "curl-out"
+        out.mkdir()
+        direct = Direct(self.sim)
+        try:
+            c = timed(lambda: [direct.curl(n, str(out / n)) for n in names])
+        finally:
+            direct.close()
+        shutil.rmtree(out)
+        line(f"recfs: rsync -a of {count} files, {total / MiB:.0f} MiB",
+             f"{total / r / MiB:8.1f} MiB/s, {r:.1f} s")
+        line("curl loop (get_random + download each)", f"{total / c / MiB:8.1f} MiB/s, {c:.1f} s",
+             f"ratio {c / r:.2f}")
+        line("downloads at the PBX / peak at once", f"{downloads} / {peak} (max_downloads=2)",
+             "ok" if peak <= 2 and downloads == count else "NOT OK")
+        line("files wrong after rsync", f"{len(bad)}")
+        self.bulk_mount = mount
+        self.bulk_names = names
+
+    def many(self) -> None:
+        print("concurrent readers: 50 readers of 50 recordings, 20 readers of one")
+        mount = self.mount("many", "max_downloads=2")
+        rss_start = vm_rss(mount.proc.pid)
+        cdrs = [self.sim.call(duration=rng_seconds) for rng_seconds in
+                random.Random(3).choices(range(13, 200), k=50)]
+        one = self.sim.call(duration=seconds_for(10 * MiB))
+        paths = [mount.wait_file(c) for c in cdrs]
+        one_path = mount.wait_file(one)
+        self.sim.http.post("/sim/reset-stats").raise_for_status()
+        results: dict[int, bytes] = {}
+
+        def read(i, path):
+            results[i] = path.read_bytes()
+
+        threads = [threading.Thread(target=read, args=(i, p)) for i, p in enumerate(paths)]
+        threads += [threading.Thread(target=read, args=(100 + i, one_path)) for i in range(20)]
+        t = timed(lambda: ([th.start() for th in threads], [th.join(600) for th in threads]))
+        stats = self.sim.stats()
+        wrong = sum(results.get(i) != self.truth(c["recording"]) for i, c in enumerate(cdrs))
+        wrong += sum(results.get(100 + i) != self.truth(one["recording"]) for i in range(20))
+        per = [stats["downloads"].get(c["recording"], 0) for c in cdrs + [one]]
+        line("70 readers, 51 recordings", f"{t:.1f} s, {wrong} wrong")
+        line("downloads per recording", f"min {min(per)}, max {max(per)}",
+             "ok" if set(per) == {1} else "NOT ONE EACH")
+        line("peak transfers at the PBX", f"{stats['downloads_max_concurrent']} (max_downloads=2)")
+        line("recfs RSS at start / peak", f"{rss_start / MiB:.0f} MiB / {vm_hwm(mount.proc.pid) / MiB:.0f} MiB")
+
+    def cap(self) -> None:
+        fed = 200 * MiB if self.quick else 500 * MiB
+        print(f"cache_size=50M fed {fed // MiB} MiB")
+        mount = self.mount("cap", "cache_size=50M", "cache_min_free=0")
+        cdrs, size = [], 0
+        rng = random.Random(11)
+        while size < fed:
+            cdr = self.sim.call(duration=rng.randint(13, 327))
+            cdrs.append(cdr)
+            size += self.sim.recordings()[cdr["recording"]]["size"]
+        paths = [mount.wait_file(c, timeout=30) for c in cdrs]
+        biggest, stop = 0, threading.Event()
+
+        def watch():
+            nonlocal biggest
+            while not stop.is_set():
+                out = subprocess.run(["du", "-s", "-B1", str(mount.cache_dir)],
+                                     capture_output=True, text=True).stdout
+                biggest = max(biggest, int(out.split()[0]))
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        wrong = 0
+        try:
+            for cdr, path in zip(cdrs, paths):
+                wrong += hashlib.sha256(path.read_bytes()).digest() != hashlib.sha256(
+                    self.truth(cdr["recording"])).digest()
+        finally:
+            stop.set()
+            watcher.join()
+        line(f"{len(cdrs)} recordings read, {size / MiB:.0f} MiB", f"{wrong} wrong")
+        line("largest du of the cache dir seen", f"{biggest / MiB:.1f} MiB",
+             "cap held" if biggest <= 50 * MiB + 2 * 6 * MiB else "CAP EXCEEDED")
+        line("(the cap allows downloads in flight on top:", "<= max_downloads x 5 MiB)")
+
+    def start(self) -> None:
+        mount = getattr(self, "bulk_mount", None)
+        if mount is None:
+            print("start: needs bulk; skipped")
+            return
+        files = len(list((mount.cache_dir / "complete").iterdir()))
+        print(f"mount start-up with {files} files in the cache")
+        assert mount.unmount() == 0
+        t = timed(mount.start)
+        line("clean remount (process start to mounted)", f"{t * 1000:8.0f} ms")
+        name = self.bulk_names[0]
+        before = self.sim.stats()["downloads"].get(name, 0)
+        path = next(mount.path.rglob(name))
+        path.read_bytes()
+        line("a cached file read after the remount", "PBX downloads +"
+             f"{self.sim.stats()['downloads'].get(name, 0) - before}")
+        mount.proc.send_signal(signal.SIGKILL)
+        mount.proc.wait(10)
+        subprocess.run(["fusermount3", "-uz", str(mount.path)], check=True)
+        t = timed(mount.start)
+        line("remount after kill -9", f"{t * 1000:8.0f} ms")
+        empty = self.mount("empty")
+        assert empty.unmount() == 0
+        line("for comparison: mount with an empty cache", f"{timed(empty.start) * 1000:8.0f} ms")
+
+
+ALL = ["cached", "stream", "ttfb", "bulk", "start", "many", "cap"]
+
+
+def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-file":
+        serve_one_file(sys.argv[2], sys.argv[3])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default=",".join(ALL))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (drop_caches)", file=sys.stderr)
+        return 2
+    print(f"machine: {os.cpu_count()} CPUs, {platform_summary()}")
+    work = Path(tempfile.mkdtemp(prefix="recfs-bench-"))
+    bench = Bench(work, args.quick)
+    try:
+        for name in args.only.split(","):
+            getattr(bench, name)()
+    finally:
+        bench.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def platform_summary() -> str:
+    import platform
+    mem = next((l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines()
+                if l.startswith("MemTotal:")), "?")
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    return f"{cpu}, {int(mem) // 1024} MiB RAM, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

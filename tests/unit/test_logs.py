@@ -1,0 +1,54 @@
+import io
+import logging
+
+import pytest
+
+from recfs import logs
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def capture(monkeypatch, journal: bool) -> str:
+    stream = io.StringIO()
+    if journal:
+        monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    else:
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.setup_logging("INFO")
+    logs.register_secret("f00dfeedf00dfeedf00dfeedf00dfeed")
+    log = logging.getLogger("recfs.test")
+    log.warning("GET /api/v2.0.0/recording/download?recording=a.wav&random=abcd1234&token=zzzz9999")
+    log.info('login body {"password": "5f4dcc3b5aa765d61d8327deb882cf99"}')
+    log.error("token f00dfeedf00dfeedf00dfeedf00dfeed expired")
+    return stream.getvalue()
+
+
+def test_secrets_are_redacted_everywhere(monkeypatch):
+    out = capture(monkeypatch, journal=False)
+    for secret in ("abcd1234", "zzzz9999", "5f4dcc3b5aa765d61d8327deb882cf99",
+                   "f00dfeedf00dfeedf00dfeedf00dfeed"):
+        assert secret not in out
+    assert "recording=a.wav" in out and out.count("***") == 4
+
+
+def test_journald_lines_carry_priorities(monkeypatch):
+    out = capture(monkeypatch, journal=True)
+    lines = out.splitlines()
+    assert lines[0].startswith("<4>recfs.test: ") and lines[2].startswith("<3>")
+    assert "abcd1234" not in out
+
+
+def test_recent_problems_counts_the_last_hour(monkeypatch):
+    capture(monkeypatch, journal=False)
+    messages = [m for _t, m in logs.recent_problems.last_hour()]
+    assert any("expired" in m for m in messages)
+    assert all("f00dfeed" not in m for m in messages)
+    assert logs.recent_problems.last_hour(now=10**12) == []
