@@ -21,7 +21,7 @@ from recfs.content.cache import CacheFull, DiskCache
 from recfs.content.slots import Slots
 from recfs.content.transfer import Transfer, TransferFailed
 from recfs.protocol.client import PbxClient
-from recfs.protocol.errors import PbxError
+from recfs.protocol.errors import BAD_CREDENTIALS, LOCKED_OUT, NO_SUCH_FILE, PbxError
 
 log = logging.getLogger("recfs.content")
 
@@ -216,12 +216,17 @@ class ContentStore:
         return transfer.complete
 
 
+# Errnos that will be the same on every try. Any other errno may be about the random
+# (expired, already used: their numbers are undocumented) and deserves a fresh
+# handshake, as pbx-api.md says: "on any failure start over with a fresh one".
+FINAL_ERRNOS = frozenset({NO_SUCH_FILE, BAD_CREDENTIALS, LOCKED_OUT, "10003", "20000", "20001"})
+
+
 def _retryable(error: Exception) -> bool:
-    # A PBX that answered with an errno (no such file, bad random...) will answer the
-    # same again; a broken connection or short body may not; a full cache stays full.
+    # A full cache stays full; a missing file stays missing.
     if isinstance(error, CacheFull):
         return False
-    return not (isinstance(error, PbxError) and error.errno is not None)
+    return not (isinstance(error, PbxError) and error.errno in FINAL_ERRNOS)
 
 
 class OpenRecording:

@@ -236,3 +236,20 @@ def receiver_url(mount: Mount) -> str:
     host, port = found[-1]
     secret = (mount.state_dir / "report-secret").read_text().strip()
     return f"http://{host}:{port}/recfs/{secret}"
+
+
+def read_after_recovery(path: Path, timeout: float = 15.0) -> bytes:
+    """Read a file whose last download failed: recfs remembers a failure for a
+    moment (so that the kernel's re-issued read-ahead does not start it all over),
+    then tries afresh."""
+    result: list[bytes] = []
+
+    def attempt() -> bool:
+        try:
+            result.append(path.read_bytes())
+            return True
+        except OSError:
+            return False
+
+    wait_for(attempt, timeout, interval=0.5, what=f"{path.name} to be readable again")
+    return result[-1]

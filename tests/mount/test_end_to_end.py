@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import read_after_recovery, wait_for
 
 
 def sha256(path) -> str:
@@ -111,7 +111,7 @@ def test_pbx_error_gives_eio_and_caches_nothing(sim, mounted):
     assert list(mounted.cache_dir.joinpath("complete").iterdir()) == []
     assert "errno 10023" in mounted.log()
     sim.clear_faults()
-    assert path.read_bytes() == sim.recording_bytes(cdr["recording"])
+    assert read_after_recovery(path) == sim.recording_bytes(cdr["recording"])
 
 
 def test_expired_token_is_renewed_without_the_reader_noticing(sim, mounted):
