@@ -3,7 +3,13 @@ the simulator) share."""
 
 from __future__ import annotations
 
+import logging
+import socket
 from typing import Any, Awaitable, Callable
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -18,3 +24,31 @@ async def lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before anything else starts, so that a taken port is a clear error at
+    mount time and port 0 tells the real port (to register at login, or to print)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_on(app, sock: socket.socket, stop: trio.Event, log_name: str, *,
+                   task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve an ASGI app with hypercorn on an already bound socket until *stop*."""
+    config = Config()
+    # hypercorn adopts the descriptor; detach so that only it closes the socket.
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger(log_name)
+    config.include_server_header = False
+    config.keep_alive_timeout = 5
+    config.read_timeout = 10
+    config.graceful_timeout = 1
+    await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status, mode="asgi")

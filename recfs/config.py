@@ -29,7 +29,7 @@ _FLAGS = {"insecure", "allow_other", "allow_root", "foreground"}
 _INTS = {"max_downloads", "uid", "gid", "heartbeat"}
 _FLOATS = {"io_timeout", "backfill_interval"}
 _STRINGS = {"user", "password_file", "api_version", "cafile", "fingerprint", "listen",
-            "report_url", "report_from",
+            "report_url", "report_from", "metrics",
             "state_dir", "cache_dir", "prefetch", "umask", "log_level", "log_file", "config",
             "cache_size", "cache_min_free"}
 
@@ -50,6 +50,7 @@ class MountOptions:
     listen: tuple[str, int] = DEFAULT_LISTEN
     report_url: str | None = None
     fingerprint: str | None = None  # sha256:<hex>: pin the PBX's certificate
+    metrics: tuple[str, int] | None = None  # HOST:PORT of the Prometheus endpoint
     report_from: str | None = None  # CIDRs allowed to push reports; default: SOURCE's addresses
     state_dir: str | None = None
     cache_dir: str | None = None
@@ -143,10 +144,10 @@ def _looks_like_address(item: str) -> bool:
     return True
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
+def _parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise OptionError(f"listen must be HOST:PORT, not {value!r}")
+        raise OptionError(f"{key} must be HOST:PORT, not {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -198,8 +199,8 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
         if key not in _FLAGS | _INTS | _FLOATS | _STRINGS:
             raise OptionError(f"unknown option {key!r}")
         value = _coerce(key, value)
-        if key == "listen":
-            value = _parse_listen(str(value))
+        if key in ("listen", "metrics"):
+            value = _parse_listen(str(value), key)
         elif key == "umask":
             try:
                 value = int(str(value), 8)

@@ -41,7 +41,9 @@ from recfs.ingest import Ingest
 from recfs.pbxtime import META_KEY as OFFSET_KEY, PbxClock
 from recfs.protocol.client import PbxClient, ReportTarget
 from recfs.protocol.tls import parse_fingerprint, verification
-from recfs.receiver import bind_socket, serve_reports
+from recfs.asgi import bind_socket
+from recfs.metrics import Metrics, serve_metrics
+from recfs.receiver import serve_reports
 from recfs.session import keep_session
 from recfs.vfs.core import Owner, RecordingsFs
 
@@ -89,12 +91,9 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
     options = fuse_options(opts)
     opts.read_password()  # fail now, clearly, rather than at the first login
 
-    host, port = opts.listen
-    try:
-        sock = bind_socket(host, port)
-    except OSError as exc:
-        raise MountError(f"cannot listen for PBX reports on {host}:{port}: {exc.strerror}") from None
+    sock = _bind("for PBX reports", *opts.listen)
     port = sock.getsockname()[1]
+    metrics_sock = _bind("for metrics", *opts.metrics) if opts.metrics else None
     catalog = Catalog(opts.resolved_state_dir() / "catalog.sqlite")
     cache = _open_cache(opts)
     stop_receiver = trio.Event()
@@ -125,8 +124,15 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
             ingest = Ingest(catalog, fs, content, prefetch_new=opts.prefetch in ("new", "all"),
                             writer=writer, clock=clock)
             handler.target = ingest.report
-            fs.status = StatusSources(opts.source, opts.mountpoint, client, ingest, content,
-                                      catalog, recent_problems, time.time()).snapshot
+            status = StatusSources(opts.source, opts.mountpoint, client, ingest, content,
+                                   catalog, recent_problems, time.time())
+            fs.status = status.snapshot
+            if metrics_sock is not None:
+                metrics = Metrics()
+                metrics.watch(status)
+                fs.read_latency = metrics.read_seconds.observe
+                content.download_latency = metrics.download_seconds.observe
+                await nursery.start(serve_metrics, metrics, metrics_sock, stop_receiver)
             backfill = BackfillKeeper(Backfill(client, ingest.add_calls), client, clock,
                                       lambda: catalog.meta("last_seen"), opts.backfill_interval)
             await nursery.start(content.run)
@@ -184,6 +190,13 @@ def _stored_offset(catalog: Catalog) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _bind(purpose: str, host: str, port: int):
+    try:
+        return bind_socket(host, port)
+    except OSError as exc:
+        raise MountError(f"cannot listen {purpose} on {host}:{port}: {exc.strerror}") from None
 
 
 class _Deferred:

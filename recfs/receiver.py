@@ -12,10 +12,8 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
-from recfs.asgi import lifespan
+from recfs.asgi import lifespan, serve_on
 from recfs.gate import ReportGate
 from recfs.protocol.reports import MAX_REPORT_BYTES
 
@@ -79,37 +77,10 @@ async def _reply(send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before anything else starts, so that a taken port is a clear error at
-    mount time and port 0 tells us the real port to register at login."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def receiver_config(sock: socket.socket) -> Config:
-    config = Config()
-    # hypercorn adopts the descriptor; detach so that only it closes the socket.
-    config.bind = [f"fd://{sock.detach()}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("recfs.receiver.server")
-    config.include_server_header = False
-    config.keep_alive_timeout = 5
-    config.read_timeout = 10
-    config.graceful_timeout = 1
-    return config
-
-
 async def serve_reports(handle: Handler, gate: ReportGate, sock: socket.socket, stop: trio.Event, *,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve on the bound *sock* until *stop* is set."""
     host, port = sock.getsockname()[:2]
-    config = receiver_config(sock)
     log.info("receiving PBX reports on %s:%d", host, port)
-    await serve(ReportApp(handle, gate), config, shutdown_trigger=stop.wait, task_status=task_status,
-                mode="asgi")
+    await serve_on(ReportApp(handle, gate), sock, stop, "recfs.receiver.server",
+                   task_status=task_status)

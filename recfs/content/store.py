@@ -53,6 +53,12 @@ class ContentStore:
         self.attempts_started = 0
         self.retries = 0
         self.on_size: Callable[[int, int], None] | None = None
+        # For metrics: bytes received, opens served by the cache or not, and a
+        # callback given each completed download's duration.
+        self.bytes_downloaded = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.download_latency: Callable[[float], None] | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Hold the transfers and prefetch workers; runs until cancelled."""
@@ -118,6 +124,7 @@ class ContentStore:
         return transfer
 
     async def _download(self, transfer: Transfer) -> None:
+        started = trio.current_time()
         try:
             # Attempts count failures in a row without progress: a transfer that
             # keeps getting further is worth continuing.
@@ -163,6 +170,8 @@ class ContentStore:
             if self.on_size is not None:
                 self.on_size(transfer.ino, transfer.size)
             self.downloads_completed += 1
+            if self.download_latency is not None:
+                self.download_latency(trio.current_time() - started)
             transfer.finish()
             log.info("cached %s (%d bytes)", transfer.name, transfer.size)
         finally:
@@ -196,6 +205,7 @@ class ContentStore:
                 if end > skip:
                     start = max(position, skip)
                     self.cache.write(transfer.fd, memoryview(chunk)[start - position:], start)
+                    self.bytes_downloaded += end - start
                     transfer.arrived(end)
                 position = end
             if transfer.size is None:
@@ -244,7 +254,10 @@ class OpenRecording:
         self._detach()
         cache = self.store.cache
         fd = cache.open_complete(self.rec.ino, self.store.known_size(self.rec))
-        if fd is None:
+        if fd is not None:
+            self.store.cache_hits += 1
+        else:
+            self.store.cache_misses += 1
             transfer = self.store.transfer(self.rec)
             self.transfer = transfer
             transfer.readers += 1

@@ -217,6 +217,7 @@ class PbxClient:
         self._login_lock = trio.Lock()
         self._generation = 0  # bumped at each successful login
         self.logins = 0
+        self.handshakes = 0
         self.last_interaction: float | None = None
         timeout = httpx.Timeout(io_timeout, connect=connect_timeout)
         if fingerprint is not None and transport is None:
@@ -336,6 +337,7 @@ class PbxClient:
     # -- recordings ------------------------------------------------------------
 
     async def _handshake(self, name: str) -> tuple[str, str]:
+        self.handshakes += 1
         reply = await self.call("get_random", "recording/get_random", {"recording": name})
         random = reply.get("random")
         if not isinstance(random, str) or not random:

@@ -90,6 +90,7 @@ class RecordingsFs:
         self._handles: dict[int, OpenRecording] = {}
         self._next_fh = itertools.count(1)
         self.status: Callable[[], dict] | None = None  # set by the mount
+        self.read_latency: Callable[[float], None] | None = None  # metrics, if wanted
 
     # -- news from the ingest side --------------------------------------------------
 
@@ -207,8 +208,12 @@ class RecordingsFs:
         handle = self._handles.get(fh)
         if handle is None:
             raise FsError(errno.EBADF)
+        started = time.monotonic()
         try:
-            return await handle.read(offset, size)
+            data = await handle.read(offset, size)
+            if self.read_latency is not None:
+                self.read_latency(time.monotonic() - started)
+            return data
         except (TransferFailed, PbxError) as exc:
             log.warning("read of %s failed: %s", handle.rec.name, exc)
             raise FsError(errno.EIO) from None

@@ -64,7 +64,9 @@ def test_an_interrupted_transfer_is_resumed_with_a_fresh_random(sim, mounted, fa
     assert path.read_bytes() == sim.recording_bytes(name)
     assert randoms(sim, name) == 2 and downloads(sim, name) == 2
     assert "retrying" in mounted.log()
-    assert complete_files(mounted) and partial_files(mounted) == []
+    # The reader has its bytes a moment before the file is committed.
+    wait_for(lambda: complete_files(mounted), what="the cache file")
+    assert partial_files(mounted) == []
 
 
 def test_a_stalled_body_is_abandoned_after_io_timeout_and_retried(sim, mount_factory):

@@ -1,0 +1,102 @@
+"""The PBX's clock (UTC offset learned from callid + timestart) and back-fill windows."""
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from recfs.backfill import Backfill, BackfillKeeper
+from recfs.catalog import Catalog
+from recfs.pbxtime import PbxClock, offset_of
+from recfs.protocol.errors import PbxError
+from recfs.protocol.reports import CallRecord
+
+HEADER = b"callid,timestart,recording\r\n"
+
+
+@pytest.mark.parametrize("callid,timestart,offset", [
+    ("1718001234.88", "2024-06-10 06:33:54", 0),
+    ("1718001234.88", "2024-06-10 08:33:54", 7200),       # CEST
+    ("1718001234", "2024-06-10 12:03:54", 19800),         # India, +05:30
+    ("1718001234.1", "2024-06-09 20:33:54", -36000),      # Hawaii
+    ("1718001234.1", "2024-06-10 08:33:54 ", None),       # not the format
+    ("abc", "2024-06-10 08:33:54", None),
+    ("1718001234.1", "2024-06-10 08:10:00", None),        # not a quarter hour apart
+    ("1718001234.1", "2024-06-12 08:33:54", None),        # two days apart: not an offset
+])
+def test_offset_of(callid, timestart, offset):
+    assert offset_of(callid, timestart) == offset
+
+
+def test_clock_follows_daylight_saving_and_saves():
+    saved = []
+    clock = PbxClock(None, save=saved.append, now=lambda: 1718001234.0)
+    lo, hi = clock.now_bounds()
+    assert hi - lo == timedelta(hours=28)  # unknown: any zone
+    clock.learn("1718001234.88", "2024-06-10 08:33:54")
+    clock.learn("1730000000.1", "2024-10-27 04:33:20")  # CET after the change
+    assert saved == [7200, 3600]
+    assert clock.local_now() == datetime(2024, 6, 10, 7, 33, 54)
+
+
+def test_day_follows_pbx_date_and_mtime_true_utc(tmp_path):
+    catalog = Catalog(tmp_path / "c.sqlite")
+    # 00:30 local on 2024-06-11 in UTC+2 is 22:30 UTC on the 10th.
+    call = CallRecord(name="20240611003005-1718058600.1-1-2-Internal.wav", callid="1718058600.1",
+                      timestart="2024-06-11 00:30:00")
+    nocallid = CallRecord(name="x.wav", timestart="2024-06-11 00:30:00")
+    rec, rec2 = catalog.add_many([call, nocallid], utc_offset=7200)
+    assert (rec.day, rec.mtime) == ("2024-06-11", 1718058600.0)
+    assert (rec2.day, rec2.mtime) == ("2024-06-11", 1718058600.0)
+    assert catalog.meta("last_seen") == "2024-06-11 00:30:00"
+    catalog.close()
+
+
+class FakeClient:
+    def __init__(self, refuse_longer_than: timedelta):
+        self.limit = refuse_longer_than
+        self.asked = []
+        self.logins = 1
+        self.logged_in = True
+
+    async def cdr_download(self, start, end):
+        s, e = (datetime.strptime(t, "%Y-%m-%d %H:%M:%S") for t in (start, end))
+        if e - s >= self.limit:
+            raise PbxError("cdr_download", "10003")
+        self.asked.append((s, e))
+        return HEADER + f"{int(s.timestamp())}.1,{start},{s:%Y%m%d%H%M%S}-{int(s.timestamp())}.1-1-2-Internal.wav\r\n".encode()
+
+
+async def test_windows_cover_the_range_and_shrink_when_refused():
+    got = []
+
+    async def sink(calls):
+        got.extend(calls)
+        return len(calls), 0
+
+    client = FakeClient(timedelta(hours=6))
+    start, end = datetime(2024, 6, 1), datetime(2024, 6, 3, 23, 59, 59)
+    summary = await Backfill(client, sink).run_range(start, end)
+    # contiguous, no gaps, no overlaps, each shorter than what the PBX refuses
+    assert client.asked[0][0] == start and client.asked[-1][1] == end
+    for (s1, e1), (s2, _e2) in zip(client.asked, client.asked[1:]):
+        assert s2 == e1 + timedelta(seconds=1)
+    assert all(e - s < timedelta(hours=6) for s, e in client.asked)
+    assert summary.new == len(client.asked) == len(got) and summary.windows == len(client.asked)
+
+
+async def test_a_pbx_that_refuses_everything_stops_the_backfill():
+    async def sink(calls):
+        return 0, 0
+
+    with pytest.raises(PbxError):
+        await Backfill(FakeClient(timedelta(0)), sink).run_range(datetime(2024, 6, 1), datetime(2024, 6, 2))
+
+
+def test_gap_starts_before_the_last_seen_call():
+    clock = PbxClock(7200, now=lambda: 1718001234.0)
+    keeper = BackfillKeeper(None, None, clock, lambda: "2024-06-09 10:00:00", 600)
+    start, end = keeper.gap()
+    assert start == datetime(2024, 6, 9, 8, 0, 0)
+    assert end > datetime(2024, 6, 10, 8, 33, 54)
+    keeper = BackfillKeeper(None, None, clock, lambda: None, 600)
+    assert keeper.gap()[0] == datetime(2024, 6, 9, 8, 33, 54)
