@@ -175,6 +175,4 @@ async def follow_catalog_days(catalog, fs, interval: float = 5.0) -> None:
     the mounted tree without a remount: the days table is small (one row a day)."""
     while True:
         await trio.sleep(interval)
-        for day, _count, newest in catalog.days():
-            if fs.tree.day_node(day) is None:
-                fs.tree.add_day(day, newest)
+        fs.load_dirs()

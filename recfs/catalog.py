@@ -44,6 +44,57 @@ END;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
+# The by-number/ and by-type/ views: small tables kept by triggers, so that listing
+# a view never scans the recordings. Empty fields take no part.
+_VIEWS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS numbers (      -- rowid: the listing cursor of by-number/
+    number TEXT NOT NULL UNIQUE,
+    count INTEGER NOT NULL,
+    newest REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS participants (
+    number TEXT NOT NULL,
+    ino INTEGER NOT NULL,
+    PRIMARY KEY (number, ino)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS type_days (
+    type TEXT NOT NULL,
+    day TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    newest REAL NOT NULL,
+    PRIMARY KEY (type, day)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recordings_by_type_day ON recordings(type, day, ino);
+CREATE TRIGGER IF NOT EXISTS recordings_views AFTER INSERT ON recordings BEGIN
+    INSERT INTO participants(number, ino) SELECT NEW.caller, NEW.ino WHERE NEW.caller != ''
+        ON CONFLICT DO NOTHING;
+    INSERT INTO participants(number, ino) SELECT NEW.callee, NEW.ino WHERE NEW.callee != ''
+        ON CONFLICT DO NOTHING;
+    INSERT INTO numbers(number, count, newest) SELECT NEW.caller, 1, NEW.added
+        WHERE NEW.caller != ''
+        ON CONFLICT(number) DO UPDATE SET count = count + 1, newest = NEW.added;
+    INSERT INTO numbers(number, count, newest) SELECT NEW.callee, 1, NEW.added
+        WHERE NEW.callee != '' AND NEW.callee != NEW.caller
+        ON CONFLICT(number) DO UPDATE SET count = count + 1, newest = NEW.added;
+    INSERT INTO type_days(type, day, count, newest) SELECT NEW.type, NEW.day, 1, NEW.added
+        WHERE NEW.type != ''
+        ON CONFLICT(type, day) DO UPDATE SET count = count + 1, newest = NEW.added;
+END;
+"""
+
+# A catalog written before the views existed gets them filled once.
+_VIEWS_FILL = """
+INSERT OR IGNORE INTO participants(number, ino)
+    SELECT caller, ino FROM recordings WHERE caller != ''
+    UNION SELECT callee, ino FROM recordings WHERE callee != '';
+INSERT OR IGNORE INTO numbers(number, count, newest)
+    SELECT number, COUNT(*), MAX(r.added) FROM participants p JOIN recordings r USING (ino)
+    GROUP BY number ORDER BY MIN(r.added);
+INSERT OR IGNORE INTO type_days(type, day, count, newest)
+    SELECT type, day, COUNT(*), MAX(added) FROM recordings WHERE type != '' GROUP BY type, day;
+INSERT OR REPLACE INTO meta VALUES ('views', '1');
+"""
+
 # File inodes live in [2**62, 2**63), directory inodes in [2**61, 2**62): disjoint by
 # construction, never 1 (the root), and below 2**63 so SQLite's rowid holds them.
 FILE_INO_BASE = 1 << 62
@@ -130,6 +181,11 @@ class Catalog:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        has_views = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'recordings_views'").fetchone()
+        self._db.executescript(_VIEWS_SCHEMA)
+        if not has_views:
+            self._db.executescript(f"BEGIN; {_VIEWS_FILL} COMMIT;")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
@@ -206,11 +262,39 @@ class Catalog:
         """Like in_day, for listings: only what a directory entry needs (the call
         record carries just the name), fetched in small batches, since the kernel
         asks for a few dozen entries at a time."""
+        return self._entries("FROM recordings r WHERE r.day = ?", (day,), after_ino, limit)
+
+    def type_day_entries(self, type_: str, day: str, after_ino: int = 0,
+                         limit: int = 64) -> list[Recording]:
+        return self._entries("FROM recordings r WHERE r.type = ? AND r.day = ?", (type_, day),
+                             after_ino, limit)
+
+    def number_entries(self, number: str, after_ino: int = 0, limit: int = 64) -> list[Recording]:
+        """Every recording of a call in which *number* took part (caller or callee)."""
+        return self._entries("FROM participants p JOIN recordings r ON r.ino = p.ino "
+                             "WHERE p.number = ?", (number,), after_ino, limit)
+
+    def _entries(self, source: str, args: tuple, after_ino: int, limit: int) -> list[Recording]:
         rows = self._db.execute(
-            "SELECT ino, name, epoch, size, added FROM recordings "
-            "WHERE day = ? AND ino > ? ORDER BY ino LIMIT ?", (day, after_ino, limit)).fetchall()
+            f"SELECT r.ino, r.name, r.day, r.epoch, r.size, r.added {source} AND r.ino > ? "
+            "ORDER BY r.ino LIMIT ?", (*args, after_ino, limit)).fetchall()
         return [Recording(ino, day, float(epoch if epoch is not None else added), size, added,
-                          CallRecord(name)) for ino, name, epoch, size, added in rows]
+                          CallRecord(name)) for ino, name, day, epoch, size, added in rows]
+
+    def numbers(self, after: int = 0, limit: int = 64) -> list[tuple[int, str, float]]:
+        """(cursor, number, newest) for by-number/, in order of first appearance."""
+        return [tuple(row) for row in self._db.execute(
+            "SELECT rowid, number, newest FROM numbers WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (after, limit))]
+
+    def number(self, number: str) -> tuple[int, float] | None:
+        """(count, newest) of a number that took part in some recorded call."""
+        row = self._db.execute("SELECT count, newest FROM numbers WHERE number = ?",
+                               (number,)).fetchone()
+        return tuple(row) if row else None
+
+    def type_days(self) -> list[tuple[str, str, float]]:
+        return [tuple(row) for row in self._db.execute("SELECT type, day, newest FROM type_days")]
 
     def days(self) -> list[tuple[str, int, float]]:
         """(day, number of recordings, time the newest was added), for every day."""

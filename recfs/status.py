@@ -1,6 +1,6 @@
 """The running mount's state, as `recfs status` shows it.
 
-The mount publishes `snapshot()` as the root directory's `user.recfs.status`
+The mount publishes `snapshot()` as the root directory's `user.recfs.mount`
 extended attribute; `recfs status MOUNTPOINT` reads it back through the mount, so it
 works for any user who may see the mount, without a socket or a PID file.
 """
@@ -13,9 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-# On the mount's root directory. Kept here, free of heavy imports, so that
-# `recfs status` starts fast and runs under any user's Python.
-STATUS_XATTR = "user.recfs.status"
+# On the mount's root directory, readable by name but not listed: `rsync -aX` of the
+# tree must not copy a stale status into a backup (and a file's `user.recfs.status`
+# is its call's status). Kept here, free of heavy imports, so that `recfs status`
+# starts fast and runs under any user's Python.
+STATUS_XATTR = "user.recfs.mount"
 
 
 @dataclass

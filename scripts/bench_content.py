@@ -104,8 +104,7 @@ def serve_one_file(source: str, mountpoint: str) -> None:
     import pyfuse3
     import trio
 
-    fd = os.open(source, os.O_RDONLY)
-    size = os.fstat(fd).st_size
+    size = os.stat(source).st_size
     name = b"f.wav"
     ino = pyfuse3.ROOT_INODE + 1
 
@@ -137,10 +136,15 @@ def serve_one_file(source: str, mountpoint: str) -> None:
                 pyfuse3.readdir_reply(token, name, self._attr(ino), 1)
 
         async def open(self, inode, flags, ctx):
-            return pyfuse3.FileInfo(fh=inode)
+            # A descriptor per open, as recfs has (the kernel's read-ahead state is
+            # per descriptor).
+            return pyfuse3.FileInfo(fh=os.open(source, os.O_RDONLY))
 
         async def read(self, fh, off, length):
-            return os.pread(fd, length, off)
+            return os.pread(fh, length, off)
+
+        async def release(self, fh):
+            os.close(fh)
 
     options = {"fsname=baseline", "ro", "noatime", "default_permissions"}
     pyfuse3.init(Ops(), mountpoint, options)

@@ -25,7 +25,8 @@ from recfs.protocol.errors import PbxError
 # The root directory's xattr with the running mount's state as JSON (`recfs status`):
 # it works for every user who can see the mount, through the mount itself.
 from recfs.status import STATUS_XATTR
-from recfs.vfs.tree import ROOT_INO, DirNode, DirTree
+from recfs.protocol.names import BadName, check_recording_name
+from recfs.vfs.tree import ROOT_INO, DirNode, DirTree, Files
 
 log = logging.getLogger("recfs.vfs")
 
@@ -39,6 +40,25 @@ XATTR_PREFIX = "user.recfs."
 # user.recfs.<field> for each CallRecord field a person or a backup tool wants kept.
 XATTR_FIELDS = ("caller", "callee", "type", "status", "duration", "talk_duration", "callid",
                 "timestart", "trunk", "did", "pbx_serial")
+
+
+def _dir_name_ok(value: str) -> bool:
+    """A type or a number from the PBX becomes a directory name only if it is as
+    safe as a recording name (no /, not . or .., printable, not too long)."""
+    try:
+        check_recording_name(value)
+    except BadName:
+        return False
+    return True
+
+
+def _belongs(rec: Recording, files: Files) -> bool:
+    kind = files[0]
+    if kind == "day":
+        return rec.day == files[1]
+    if kind == "type-day":
+        return rec.call.type == files[1] and rec.day == files[2]
+    return files[1] in (rec.call.caller, rec.call.callee)
 
 
 class FsError(Exception):
@@ -85,8 +105,7 @@ class RecordingsFs:
         self.content = content
         self.owner = owner
         self.tree = DirTree(mount_time if mount_time is not None else time.time())
-        for day, _count, newest in catalog.days():
-            self.tree.add_day(day, newest)
+        self.load_dirs()
         self._handles: dict[int, OpenRecording] = {}
         self._next_fh = itertools.count(1)
         self.status: Callable[[], dict] | None = None  # set by the mount
@@ -94,9 +113,22 @@ class RecordingsFs:
 
     # -- news from the ingest side --------------------------------------------------
 
+    def load_dirs(self) -> None:
+        """The date and type trees from the catalog's small summary tables (also
+        picks up days another process, `recfs backfill`, added)."""
+        for day, _count, newest in self.catalog.days():
+            self.tree.add_day(day, newest)
+        for type_, day, newest in self.catalog.type_days():
+            if _dir_name_ok(type_):
+                self.tree.add_type_day(type_, day, newest)
+
     def added(self, rec: Recording) -> None:
-        """A recording was just committed to the catalog: make its directory exist."""
+        """A recording was just committed to the catalog: make its directories exist."""
         self.tree.add_day(rec.day, rec.added)
+        if _dir_name_ok(rec.call.type):
+            self.tree.add_type_day(rec.call.type, rec.day, rec.added)
+        if rec.call.caller or rec.call.callee:
+            self.tree.by_number.mtime = max(self.tree.by_number.mtime, rec.added)
 
     # -- attributes ------------------------------------------------------------
 
@@ -139,10 +171,13 @@ class RecordingsFs:
         child = node.children.get(name)
         if child is not None:
             return self._dir_attributes(self.tree.nodes[child])
-        day = node.day
-        if day is not None:
+        if node.files == ("numbers",):
+            known = self.catalog.number(name) if _dir_name_ok(name) else None
+            if known is not None:
+                return self._dir_attributes(self.tree.number_node(name, known[1]))
+        elif node.files is not None:
             rec = self.catalog.by_name(name)
-            if rec is not None and rec.day == day:
+            if rec is not None and _belongs(rec, node.files):
                 return await self._exact_file_attributes(rec)
         raise FsError(errno.ENOENT)
 
@@ -167,19 +202,42 @@ class RecordingsFs:
         for child, name in subdirs:
             if child > after:
                 yield name, self._dir_attributes(self.tree.nodes[child]), child
-        day = node.day
-        if day is None:
-            return
+        if node.files == ("numbers",):
+            yield from self._list_numbers(after)
+        elif node.files is not None:
+            yield from self._list_files(node.files, after)
+
+    def _list_files(self, files: Files, after: int) -> Iterator[tuple[str, Attributes, int]]:
         cursor = after
         while True:
             # Small batches: each kernel readdir call takes a few dozen entries and
             # comes back with the last cursor, so a big batch would be mostly wasted.
-            batch = self.catalog.day_entries(day, cursor)
+            batch = self._entries(files, cursor)
             if not batch:
                 return
             for rec in batch:
                 yield rec.name, self._file_attributes(rec, self.content.known_size(rec)), rec.ino
             cursor = batch[-1].ino
+
+    def _entries(self, files: Files, cursor: int) -> list[Recording]:
+        kind = files[0]
+        if kind == "day":
+            return self.catalog.day_entries(files[1], cursor)
+        if kind == "type-day":
+            return self.catalog.type_day_entries(files[1], files[2], cursor)
+        return self.catalog.number_entries(files[1], cursor)
+
+    def _list_numbers(self, after: int) -> Iterator[tuple[str, Attributes, int]]:
+        # The cursor is the numbers table's rowid: stable while numbers are added.
+        cursor = after
+        while True:
+            batch = self.catalog.numbers(cursor)
+            if not batch:
+                return
+            for rowid, number, newest in batch:
+                if _dir_name_ok(number):
+                    yield number, self._dir_attributes(self.tree.number_node(number, newest)), rowid
+            cursor = batch[-1][0]
 
     # -- contents ---------------------------------------------------------------
 
@@ -230,7 +288,7 @@ class RecordingsFs:
 
     def listxattr(self, ino: int) -> list[str]:
         if self.tree.get(ino) is not None:
-            return [STATUS_XATTR] if ino == ROOT_INO and self.status is not None else []
+            return []  # STATUS_XATTR is read by name only
         rec = self._recording(ino)
         return [XATTR_PREFIX + field for field in XATTR_FIELDS if getattr(rec.call, field)]
 

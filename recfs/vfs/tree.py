@@ -1,8 +1,11 @@
-"""The directory tree above the recordings: root / YYYY / MM / DD.
+"""The directories: the date tree root/YYYY/MM/DD, and the views beside it,
+by-type/<Type>/YYYY/MM/DD and by-number/<number>.
 
-Only directories live in memory (a few per day of history, so about a thousand for
-three years); the files of a day are asked of the catalog when needed. Directory
-inodes are derived from their path, so they too survive remounts.
+The date and type trees live in memory (a few directories per day of history:
+thousands for years of calls). Numbers can be hundreds of thousands, so by-number/
+is listed from the catalog and a number's directory is made when first looked up.
+Every directory inode is derived from its path, so it survives remounts; a file
+has the same inode in every directory that lists it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,12 @@ from dataclasses import dataclass, field
 from recfs.catalog import dir_ino
 
 ROOT_INO = 1
+BY_TYPE = "by-type"
+BY_NUMBER = "by-number"
+
+# What a directory's files are: ("day", day), ("type-day", type, day),
+# ("number", number); or ("numbers",) for by-number/ itself.
+Files = tuple[str, ...]
 
 
 @dataclass
@@ -19,15 +28,10 @@ class DirNode:
     ino: int
     parent: int
     name: str
-    path: str  # "", "2024", "2024/06", "2024/06/10"
+    path: str  # "", "2024/06/10", "by-type/Inbound/2024", "by-number/1001"
     mtime: float
     children: dict[str, int] = field(default_factory=dict)  # subdirectories by name
-
-    @property
-    def day(self) -> str | None:
-        """"YYYY-MM-DD" if this is a day directory (the one that holds files)."""
-        parts = self.path.split("/")
-        return "-".join(parts) if len(parts) == 3 else None
+    files: Files | None = None
 
 
 class DirTree:
@@ -35,24 +39,51 @@ class DirTree:
         self.nodes: dict[int, DirNode] = {
             ROOT_INO: DirNode(ROOT_INO, ROOT_INO, "", "", mount_time),
         }
+        self.by_type = self._child(self.nodes[ROOT_INO], BY_TYPE, mount_time)
+        self.by_number = self._child(self.nodes[ROOT_INO], BY_NUMBER, mount_time)
+        self.by_number.files = ("numbers",)
 
     def get(self, ino: int) -> DirNode | None:
         return self.nodes.get(ino)
 
+    def _child(self, node: DirNode, name: str, mtime: float) -> DirNode:
+        child_ino = node.children.get(name)
+        if child_ino is None:
+            path = f"{node.path}/{name}" if node.path else name
+            child_ino = dir_ino(path)
+            self.nodes[child_ino] = DirNode(child_ino, node.ino, name, path, mtime)
+            node.children[name] = child_ino
+        child = self.nodes[child_ino]
+        child.mtime = max(child.mtime, mtime)
+        return child
+
+    def _add_dated(self, base: DirNode, day: str, mtime: float, files: Files) -> DirNode:
+        node = base
+        node.mtime = max(node.mtime, mtime)
+        for part in day.split("-"):
+            node = self._child(node, part, mtime)
+        node.files = files
+        return node
+
     def add_day(self, day: str, mtime: float) -> DirNode:
         """Make sure YYYY/MM/DD exists for *day* ("YYYY-MM-DD"); newer mtimes
         propagate upwards so that a directory's mtime is its newest arrival."""
-        node = self.nodes[ROOT_INO]
-        node.mtime = max(node.mtime, mtime)
-        for part in day.split("-"):
-            child_ino = node.children.get(part)
-            if child_ino is None:
-                path = f"{node.path}/{part}" if node.path else part
-                child_ino = dir_ino(path)
-                self.nodes[child_ino] = DirNode(child_ino, node.ino, part, path, mtime)
-                node.children[part] = child_ino
-            node = self.nodes[child_ino]
-            node.mtime = max(node.mtime, mtime)
+        return self._add_dated(self.nodes[ROOT_INO], day, mtime, ("day", day))
+
+    def add_type_day(self, type_: str, day: str, mtime: float) -> DirNode:
+        """by-type/<type>/YYYY/MM/DD; *type_* must be a safe directory name."""
+        self.nodes[ROOT_INO].mtime = max(self.nodes[ROOT_INO].mtime, mtime)
+        base = self._child(self.by_type, type_, mtime)
+        return self._add_dated(base, day, mtime, ("type-day", type_, day))
+
+    def number_node(self, number: str, mtime: float) -> DirNode:
+        """by-number/<number>, made on demand (the caller checked it exists)."""
+        path = f"{BY_NUMBER}/{number}"
+        ino = dir_ino(path)
+        node = self.nodes.get(ino)
+        if node is None:
+            node = DirNode(ino, self.by_number.ino, number, path, mtime, files=("number", number))
+            self.nodes[ino] = node
         return node
 
     def day_node(self, day: str) -> DirNode | None:

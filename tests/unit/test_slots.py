@@ -36,7 +36,7 @@ async def test_never_more_than_count_and_urgent_first():
         assert order == ["bg1", "bg2", "reader"]
         for name in ("bg2", "reader", "bg3", "bg4"):
             gates[name].set()
-    assert order == ["bg1", "bg2", "reader", "bg3", "bg4"]
+    assert order[:3] == ["bg1", "bg2", "reader"] and sorted(order[3:]) == ["bg3", "bg4"]
     assert peak == 2 and slots.free == 2
 
 

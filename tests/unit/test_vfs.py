@@ -100,7 +100,7 @@ async def test_tree_layout_and_attributes(world):
     fs = world
     rec = add(fs)
     names = [n for n, _a, _c in fs.readdir(ROOT_INO, 0)]
-    assert names == ["2024"]
+    assert sorted(names) == ["2024", "by-number", "by-type"]
     day = await path_attrs(fs, "2024", "06", "10")
     assert stat.S_ISDIR(day.mode) and day.mode & 0o777 == 0o555
     listing = list(fs.readdir(day.ino, 0))
@@ -250,3 +250,39 @@ async def test_xattrs_carry_the_cdr(world):
     assert fs.getxattr(rec.ino, "user.recfs.caller") == b"0612345678"
     with pytest.raises(FsError):
         fs.getxattr(rec.ino, "user.recfs.did")
+
+
+async def test_views_list_the_same_files_with_the_same_inodes(world):
+    fs = world
+    rec = add(fs)
+    other = add(fs, CallRecord(name="20240611090000-1718096400.1-2001-1003-Internal.wav",
+                               callid="1718096400.1", timestart="2024-06-11 09:00:00",
+                               caller="2001", callee="1003", type="Internal"))
+    fs.catalog.set_size(rec.ino, 1044)  # known: a lookup then needs no PBX
+    by_type = await path_attrs(fs, "by-type", "Inbound", "2024", "06", "10")
+    assert [(n, c) for n, _a, c in fs.readdir(by_type.ino, 0)] == [(NAME, rec.ino)]
+    assert (await fs.lookup(by_type.ino, NAME)).ino == rec.ino
+    with pytest.raises(FsError):
+        await fs.lookup(by_type.ino, other.name)  # Internal, not Inbound
+    numbers = await path_attrs(fs, "by-number")
+    assert sorted(n for n, _a, _c in fs.readdir(numbers.ino, 0)) == ["0612345678", "1003", "2001"]
+    both = await path_attrs(fs, "by-number", "2001")
+    assert sorted(c for _n, _a, c in fs.readdir(both.ino, 0)) == sorted([rec.ino, other.ino])
+    with pytest.raises(FsError):
+        await fs.lookup(numbers.ino, "9999")
+    # Hostile types and numbers never become directories.
+    add(fs, CallRecord(name="x.wav", timestart="2024-06-10 10:00:00", type="..", caller="a/b"))
+    assert "a/b" not in [n for n, _a, _c in fs.readdir(numbers.ino, 0)]
+    assert ".." not in [n for n, _a, _c in fs.readdir((await path_attrs(fs, "by-type")).ino, 0)]
+
+
+async def test_views_are_filled_for_an_older_catalog(world, tmp_path):
+    fs = world
+    add(fs)
+    db = fs.catalog._db
+    db.executescript("DROP TRIGGER recordings_views; DELETE FROM numbers; DELETE FROM participants;"
+                     "DELETE FROM type_days;")
+    again = RecordingsFs(Catalog(tmp_path / "state" / "catalog.sqlite"), fs.content, fs.owner)
+    assert [n for n, _a, _c in again.readdir((await path_attrs(again, "by-number", "2001")).ino, 0)] \
+        == [NAME]
+    await path_attrs(again, "by-type", "Inbound", "2024", "06", "10")

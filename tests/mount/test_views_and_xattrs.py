@@ -1,0 +1,49 @@
+"""The views beside the date tree, and the CDR as extended attributes, through real
+tools: the same inode under every name, and rsync -aX keeping the attributes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+
+def test_views_share_inodes_with_the_date_tree(sim, mount_factory):
+    mount = mount_factory()  # prefetch=new: sizes are known before anyone looks
+    cdr = sim.call(duration=2, caller="1007", callee="0687654321", type="Outbound")
+    path = mount.wait_file(cdr)
+    ino = path.stat().st_ino
+    year, month, day = cdr["timestart"][:10].split("-")
+    by_type = mount.p("by-type", "Outbound", year, month, day, cdr["recording"])
+    by_caller = mount.p("by-number", "1007", cdr["recording"])
+    by_callee = mount.p("by-number", "0687654321", cdr["recording"])
+    assert {by_type.stat().st_ino, by_caller.stat().st_ino, by_callee.stat().st_ino} == {ino}
+    assert by_caller.read_bytes() == sim.recording_bytes(cdr["recording"])
+    assert "1007" in os.listdir(mount.p("by-number"))
+    assert "Outbound" in os.listdir(mount.p("by-type"))
+    found = subprocess.run(["find", str(mount.path), "-inum", str(ino)], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert len(found) == 4
+
+
+def test_rsync_aX_keeps_the_cdr_attributes(sim, mount_factory):
+    mount = mount_factory()
+    cdr = sim.call(duration=2)
+    path = mount.wait_file(cdr)
+    target = mount.workdir / "copy"
+    target.mkdir()
+    copy = target / cdr["recording"]
+    subprocess.run(["rsync", "-aX", str(path), str(copy)], check=True, timeout=60)
+    source_attrs = subprocess.run(["getfattr", "-d", str(path)], capture_output=True, text=True,
+                                  check=True).stdout.splitlines()[1:]
+    copied_attrs = subprocess.run(["getfattr", "-d", str(copy)], capture_output=True, text=True,
+                                  check=True).stdout.splitlines()[1:]
+    assert source_attrs == copied_attrs
+    assert f'user.recfs.callee="{cdr["callto"]}"' in copied_attrs
+    assert 'user.recfs.status="ANSWERED"' in copied_attrs or cdr["status"] != "ANSWERED"
+    # The mount's own state is readable by name on the root, but never copied.
+    root_listing = subprocess.run(["getfattr", "-d", str(mount.path)], capture_output=True,
+                                  text=True).stdout
+    assert "user.recfs.mount" not in root_listing
+    assert subprocess.run(["getfattr", "-n", "user.recfs.mount", str(mount.path)],
+                          capture_output=True, text=True, check=True).stdout.count("pbx") == 1
+    assert copy.read_bytes() == sim.recording_bytes(cdr["recording"])
