@@ -29,7 +29,7 @@ _FLAGS = {"insecure", "allow_other", "allow_root", "foreground"}
 _INTS = {"max_downloads", "uid", "gid", "heartbeat"}
 _FLOATS = {"io_timeout", "backfill_interval"}
 _STRINGS = {"user", "password_file", "api_version", "cafile", "fingerprint", "listen",
-            "report_url", "report_from", "metrics",
+            "report_url", "report_from", "metrics", "views",
             "state_dir", "cache_dir", "prefetch", "umask", "log_level", "log_file", "config",
             "cache_size", "cache_min_free"}
 
@@ -51,6 +51,7 @@ class MountOptions:
     report_url: str | None = None
     fingerprint: str | None = None  # sha256:<hex>: pin the PBX's certificate
     metrics: tuple[str, int] | None = None  # HOST:PORT of the Prometheus endpoint
+    views: str = "all"  # "none": only the date tree (backups then read each file once)
     report_from: str | None = None  # CIDRs allowed to push reports; default: SOURCE's addresses
     state_dir: str | None = None
     cache_dir: str | None = None
@@ -211,6 +212,8 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
                 value = normalise_api_version(str(value))
             except ValueError as exc:
                 raise OptionError(str(exc)) from None
+        elif key == "views" and value not in ("all", "none"):
+            raise OptionError(f"views must be all or none, not {value!r}")
         elif key == "fingerprint":
             try:
                 parse_fingerprint(str(value))

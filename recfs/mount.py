@@ -116,7 +116,8 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
             )
             content = ContentStore(catalog, cache, client,
                                    DownloadPolicy(max_downloads=opts.max_downloads))
-            fs = RecordingsFs(catalog, content, Owner(opts.uid, opts.gid, opts.umask))
+            fs = RecordingsFs(catalog, content, Owner(opts.uid, opts.gid, opts.umask),
+                              views=opts.views == "all")
             clock = PbxClock(_stored_offset(catalog),
                              save=lambda offset: catalog.set_meta(OFFSET_KEY, str(offset)))
             writer = GroupCommit(catalog, clock)

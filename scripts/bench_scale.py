@@ -76,7 +76,9 @@ def main() -> int:
     mnt = tmp / "recfs"
     mnt.mkdir()
     opts = (f"password_file={password},state_dir={state},cache_dir={tmp / 'cache'},"
-            f"listen=127.0.0.1:0,prefetch=none,log_file={tmp / 'recfs.log'}")
+            f"listen=127.0.0.1:0,prefetch=none,log_file={tmp / 'recfs.log'},"
+            # The date tree alone: the shape the minimal filesystem serves too.
+            f"views=none")
     proc = subprocess.Popen([sys.executable, "-m", "recfs.cli", "mount", "-f",
                              "http://127.0.0.1:9", str(mnt), "-o", opts])
     minimal_mnt = tmp / "minimal"

@@ -24,7 +24,11 @@ class Transfer:
         self.error: Exception | None = None
         self.complete = False
         self.done = trio.Event()
-        self._changed = trio.Event()
+        self._changed = trio.Event()  # any news: size, end, failure
+        # Readers waiting for bytes: (end, event), woken only once their bytes are
+        # there (or at the end, or on failure), not at every chunk: twenty readers
+        # of one download must not all wake for every 16 KiB.
+        self._byte_waiters: list[tuple[int, trio.Event]] = []
 
     @property
     def urgent(self) -> bool:
@@ -33,6 +37,9 @@ class Transfer:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        for _end, event in self._byte_waiters:
+            event.set()
+        self._byte_waiters = []
 
     # -- the download task's side -------------------------------------------------
 
@@ -42,7 +49,11 @@ class Transfer:
 
     def arrived(self, have: int) -> None:
         self.have = have
-        self._notify()
+        if self._byte_waiters and self._byte_waiters[0][0] <= have:
+            ready = [w for w in self._byte_waiters if w[0] <= have]
+            self._byte_waiters = [w for w in self._byte_waiters if w[0] > have]
+            for _end, event in ready:
+                event.set()
 
     def finish(self) -> None:
         self.complete = True
@@ -73,7 +84,10 @@ class Transfer:
         """Return once bytes [0, end) are on disk."""
         while self.have < end and not self.complete:
             self.raise_if_failed()
-            await self._changed.wait()
+            event = trio.Event()
+            self._byte_waiters.append((end, event))
+            self._byte_waiters.sort(key=lambda w: w[0])
+            await event.wait()
         if self.have < end:
             self.raise_if_failed()
             raise TransferFailed(f"{self.name} ended after {self.have} bytes")

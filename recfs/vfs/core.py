@@ -100,11 +100,11 @@ class Attributes:
 
 class RecordingsFs:
     def __init__(self, catalog: Catalog, content: ContentStore, owner: Owner,
-                 mount_time: float | None = None):
+                 mount_time: float | None = None, views: bool = True):
         self.catalog = catalog
         self.content = content
         self.owner = owner
-        self.tree = DirTree(mount_time if mount_time is not None else time.time())
+        self.tree = DirTree(mount_time if mount_time is not None else time.time(), views)
         self.load_dirs()
         self._handles: dict[int, OpenRecording] = {}
         self._next_fh = itertools.count(1)
@@ -118,13 +118,16 @@ class RecordingsFs:
         picks up days another process, `recfs backfill`, added)."""
         for day, _count, newest in self.catalog.days():
             self.tree.add_day(day, newest)
-        for type_, day, newest in self.catalog.type_days():
-            if _dir_name_ok(type_):
-                self.tree.add_type_day(type_, day, newest)
+        if self.tree.views:
+            for type_, day, newest in self.catalog.type_days():
+                if _dir_name_ok(type_):
+                    self.tree.add_type_day(type_, day, newest)
 
     def added(self, rec: Recording) -> None:
         """A recording was just committed to the catalog: make its directories exist."""
         self.tree.add_day(rec.day, rec.added)
+        if self.tree.by_number is None:
+            return
         if _dir_name_ok(rec.call.type):
             self.tree.add_type_day(rec.call.type, rec.day, rec.added)
         if rec.call.caller or rec.call.callee:

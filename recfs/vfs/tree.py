@@ -35,13 +35,17 @@ class DirNode:
 
 
 class DirTree:
-    def __init__(self, mount_time: float):
+    def __init__(self, mount_time: float, views: bool = True):
         self.nodes: dict[int, DirNode] = {
             ROOT_INO: DirNode(ROOT_INO, ROOT_INO, "", "", mount_time),
         }
-        self.by_type = self._child(self.nodes[ROOT_INO], BY_TYPE, mount_time)
-        self.by_number = self._child(self.nodes[ROOT_INO], BY_NUMBER, mount_time)
-        self.by_number.files = ("numbers",)
+        self.views = views
+        self.by_type: DirNode | None = None
+        self.by_number: DirNode | None = None
+        if views:
+            self.by_type = self._child(self.nodes[ROOT_INO], BY_TYPE, mount_time)
+            self.by_number = self._child(self.nodes[ROOT_INO], BY_NUMBER, mount_time)
+            self.by_number.files = ("numbers",)
 
     def get(self, ino: int) -> DirNode | None:
         return self.nodes.get(ino)
@@ -72,12 +76,14 @@ class DirTree:
 
     def add_type_day(self, type_: str, day: str, mtime: float) -> DirNode:
         """by-type/<type>/YYYY/MM/DD; *type_* must be a safe directory name."""
+        assert self.by_type is not None
         self.nodes[ROOT_INO].mtime = max(self.nodes[ROOT_INO].mtime, mtime)
         base = self._child(self.by_type, type_, mtime)
         return self._add_dated(base, day, mtime, ("type-day", type_, day))
 
     def number_node(self, number: str, mtime: float) -> DirNode:
         """by-number/<number>, made on demand (the caller checked it exists)."""
+        assert self.by_number is not None
         path = f"{BY_NUMBER}/{number}"
         ino = dir_ino(path)
         node = self.nodes.get(ino)

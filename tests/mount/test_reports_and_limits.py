@@ -17,8 +17,11 @@ GOOD = {"event": "NewCdr", "callid": "1718001234.88", "timestart": "2024-06-10 0
 
 
 def tree(mount) -> list[str]:
+    """The date tree's files (the by-* views list the same files again)."""
     found = []
-    for root, _dirs, files in os.walk(mount.path):
+    for root, dirs, files in os.walk(mount.path):
+        if root == str(mount.path):
+            dirs[:] = [d for d in dirs if not d.startswith("by-")]
         found += [os.path.relpath(os.path.join(root, f), mount.path) for f in files]
     return sorted(found)
 

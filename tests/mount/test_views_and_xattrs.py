@@ -47,3 +47,10 @@ def test_rsync_aX_keeps_the_cdr_attributes(sim, mount_factory):
     assert subprocess.run(["getfattr", "-n", "user.recfs.mount", str(mount.path)],
                           capture_output=True, text=True, check=True).stdout.count("pbx") == 1
     assert copy.read_bytes() == sim.recording_bytes(cdr["recording"])
+
+
+def test_views_none_leaves_only_the_date_tree(sim, mount_factory):
+    mount = mount_factory("views=none")
+    cdr = sim.call(duration=2)
+    mount.wait_file(cdr)
+    assert sorted(os.listdir(mount.path)) == [cdr["timestart"][:4]]
