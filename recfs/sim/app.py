@@ -143,6 +143,7 @@ class SimApp:
         self._admin = {
             ("POST", "/sim/call"): self.admin_call,
             ("GET", "/sim/stats"): self.admin_stats,
+            ("GET", "/sim/issued-secrets"): self.admin_issued_secrets,
             ("POST", "/sim/reset-stats"): self.admin_reset_stats,
             ("GET", "/sim/faults"): self.admin_get_faults,
             ("POST", "/sim/faults"): self.admin_set_faults,
@@ -481,6 +482,9 @@ class SimApp:
 
     async def admin_stats(self, body: dict[str, Any]) -> Any:
         return self.state.stats_json()
+
+    async def admin_issued_secrets(self, body: dict[str, Any]) -> Any:
+        return list(self.state.issued)
 
     async def admin_reset_stats(self, body: dict[str, Any]) -> Any:
         self.state.stats.reset()

@@ -4,6 +4,7 @@ tests can walk through expiry without sleeping."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import secrets
 import time
@@ -161,6 +162,9 @@ class SimState:
         self.lockout_attempts = lockout_attempts
         self.lockout_seconds = lockout_seconds
         self._new_secret = new_secret
+        # Every token and random handed out, so that tests can prove none of them
+        # reached a client's log (GET /sim/issued-secrets).
+        self.issued: collections.deque[str] = collections.deque(maxlen=100_000)
         self._sessions: dict[str, Session] = {}
         self._timed_out: set[str] = set()
         self._ip_failures: dict[str, _IpFailures] = {}
@@ -168,6 +172,11 @@ class SimState:
         self.recordings: dict[str, int] = {}
         self.cdrs: list[dict[str, str]] = []
         self.stats = Stats()
+
+    def _issue(self) -> str:
+        value = self._new_secret()
+        self.issued.append(value)
+        return value
 
     # --- login and lock-out -------------------------------------------------
 
@@ -200,7 +209,7 @@ class SimState:
                 record.locked_until = now + self.lockout_seconds
             raise ApiFailure(BAD_CREDENTIALS)
         record.count = 0
-        token = self._new_secret()
+        token = self._issue()
         session = Session(token, username, client_ip, target, report_version, now)
         self._sessions[token] = session
         self.stats.logins += 1
@@ -268,7 +277,7 @@ class SimState:
         # Forget stale ones so a long run does not accumulate them.
         for key in [k for k, r in self._randoms.items() if now - r.issued >= self.random_ttl]:
             del self._randoms[key]
-        value = self._new_secret()
+        value = self._issue()
         ips = {client_ip} | ({allowed_ip} if allowed_ip else set())
         self._randoms[value] = _Random(subject, now, frozenset(ips))
         return value
