@@ -8,6 +8,7 @@ the directory tree above the days comes from a small `days` table kept by a trig
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sqlite3
 import time
@@ -16,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from recfs.protocol.reports import CallRecord
+
+log = logging.getLogger("recfs.catalog")
 
 SCHEMA_VERSION = 1
 
@@ -148,7 +151,13 @@ _CALLID_EPOCH = re.compile(r"^\d{9,11}(?:\.\d+)?$")
 
 
 def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None) -> Recording | None:
-    if db.execute("SELECT 1 FROM recordings WHERE name = ?", (call.name,)).fetchone():
+    known = db.execute("SELECT callid FROM recordings WHERE name = ?", (call.name,)).fetchone()
+    if known is not None:
+        if known[0] and call.callid and known[0] != call.callid:
+            # Same file name, another call: the first one keeps the name; a second
+            # name for it, or a swap of its content, must not happen.
+            log.warning("refused %s for call %s: the name belongs to call %s already",
+                        call.name, call.callid, known[0])
         return None
     epoch = call_epoch(call, utc_offset)
     added = time.time()

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recfs.catalog import Catalog
+from recfs.protocol.cdr import CdrFormatError, parse_cdr_csv
 from recfs.protocol.client import parse_failure, sniff
 from recfs.protocol.errors import PbxError
 from recfs.protocol.names import check_recording_name
@@ -122,3 +123,24 @@ def test_any_failure_body_becomes_a_clear_pbx_error(body):
     error = parse_failure("download", body)
     assert isinstance(error, PbxError)
     assert str(error).startswith("PBX download failed")
+
+
+CSV_HEADER = ("callid,timestart,callfrom,callto,callduraction,talkduraction,srctrunkname,"
+              "desttrunkname,status,type,pincode,recording,didnumber,agentringtime,sn\n")
+CSV_ROW = ("1718001234.88,2024-06-10 08:33:54,0612345678,2001,47,39,SIP,,ANSWERED,Inbound,,"
+           "20240610083402-1718001234.88-0612345678-2001-Inbound.wav,0201234567,,369900112233\n")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.data())
+def test_random_and_mutated_cdr_csv_never_crash_the_parser(data):
+    if data.draw(st.booleans()):
+        body = data.draw(st.binary(max_size=1500))
+    else:
+        body = mutate((CSV_HEADER + CSV_ROW * 3).encode(), data)
+    try:
+        rows = parse_cdr_csv(body)
+    except CdrFormatError:
+        return
+    for call in rows.calls:
+        assert_safe(call)

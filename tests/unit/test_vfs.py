@@ -286,3 +286,13 @@ async def test_views_are_filled_for_an_older_catalog(world, tmp_path):
     assert [n for n, _a, _c in again.readdir((await path_attrs(again, "by-number", "2001")).ino, 0)] \
         == [NAME]
     await path_attrs(again, "by-type", "Inbound", "2024", "06", "10")
+
+
+async def test_a_name_reused_for_another_call_is_refused(world, caplog):
+    fs = world
+    first = add(fs)
+    impostor = CallRecord(name=NAME, callid="1718009999.1", timestart="2024-06-10 10:00:00",
+                          caller="666", callee="2001", type="Inbound")
+    assert fs.catalog.add(impostor) is None
+    assert fs.catalog.by_name(NAME) == first
+    assert "belongs to call 1718001234.88 already" in caplog.text
