@@ -108,8 +108,12 @@ def _hash64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def file_ino(name: str, salt: int = 0) -> int:
+def file_ino(name: str, salt: int = 0, namespace: str = "") -> int:
+    """A recording's inode: from its name (and, in a mount of several PBXs, the
+    PBX's directory name, so that two PBXs never share an inode)."""
     key = name if salt == 0 else f"{salt}\0{name}"
+    if namespace:
+        key = f"{namespace}\0{key}"
     return FILE_INO_BASE | (_hash64(key) & (FILE_INO_BASE - 1))
 
 
@@ -150,7 +154,8 @@ def call_epoch(call: CallRecord, utc_offset: int | None) -> int | None:
 _CALLID_EPOCH = re.compile(r"^\d{9,11}(?:\.\d+)?$")
 
 
-def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None) -> Recording | None:
+def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None,
+            namespace: str = "") -> Recording | None:
     known = db.execute("SELECT callid FROM recordings WHERE name = ?", (call.name,)).fetchone()
     if known is not None:
         if known[0] and call.callid and known[0] != call.callid:
@@ -166,7 +171,7 @@ def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None) ->
     marks = ", ".join("?" for _ in _CALL_COLUMNS)
     day = call.day
     for salt in range(16):
-        ino = file_ino(call.name, salt)
+        ino = file_ino(call.name, salt, namespace)
         try:
             db.execute(
                 f"INSERT INTO recordings (ino, day, epoch, added, {columns}) "
@@ -180,8 +185,9 @@ def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None) ->
 
 
 class Catalog:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, namespace: str = ""):
         self.path = Path(path)
+        self.namespace = namespace  # the PBX's directory in a mount of several PBXs
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -226,7 +232,7 @@ class Catalog:
         db.execute("BEGIN IMMEDIATE")
         try:
             for call in calls:
-                results.append(_insert(db, call, utc_offset))
+                results.append(_insert(db, call, utc_offset, self.namespace))
                 if _LOCAL_STAMP.match(call.timestart) and call.timestart > newest:
                     newest = call.timestart
             if newest:

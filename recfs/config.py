@@ -71,6 +71,8 @@ class MountOptions:
     log_file: str | None = None
     foreground: bool = False
     password: str | None = field(default=None, repr=False)  # only from RECFS_PASSWORD
+    # Several PBXs in one mount ([pbx.NAME] tables in the config): NAME → its options.
+    pbxs: dict[str, "MountOptions"] | None = None
 
     @property
     def slug(self) -> str:
@@ -178,6 +180,11 @@ def _coerce(key: str, value: object) -> object:
 
 def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
                   environ: dict[str, str] | None = None) -> MountOptions:
+    """Options from the command line (*raw*) and the config file it names.
+
+    A config file with `[pbx.NAME]` tables describes several PBXs in one mount: each
+    appears as the directory NAME with its own session, report path, catalog and
+    cache; SOURCE is then only a label (fstab's first column), e.g. `recfs`."""
     environ = os.environ if environ is None else environ
     merged: dict[str, object] = {}
     config_file = raw.get("config")
@@ -189,66 +196,118 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
             raise OptionError(f"cannot read config {config_file}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise OptionError(f"config {config_file} is not valid TOML: {exc}") from None
+    tables = merged.pop("pbx", None)
     merged.update(raw)
     merged.pop("config", None)
 
     opts = MountOptions(source=source, mountpoint=mountpoint)
+    _apply(opts, merged)
+    if tables is None:
+        _check_pbx(opts, environ)
+        return opts
+    if not isinstance(tables, dict) or not tables or \
+            not all(isinstance(t, dict) for t in tables.values()):
+        raise OptionError("[pbx.NAME] tables in the config must each describe one PBX")
+    opts.pbxs = {}
+    for name, table in tables.items():
+        if not _safe_dir_name(name):
+            raise OptionError(f"[pbx.{name}]: not usable as a directory name")
+        mount_wide = _MOUNT_WIDE & table.keys()
+        if mount_wide:
+            raise OptionError(f"[pbx.{name}]: {', '.join(sorted(mount_wide))} apply to the whole "
+                              f"mount; set them outside the [pbx] tables")
+        if "source" not in table:
+            raise OptionError(f"[pbx.{name}] needs source = \"https://...\"")
+        part = MountOptions(source=str(table["source"]), mountpoint=mountpoint)
+        _apply(part, {**merged, **{k: v for k, v in table.items() if k != "source"}})
+        part.state_dir = str(table.get("state_dir") or opts.resolved_state_dir() / name)
+        part.cache_dir = str(table.get("cache_dir") or opts.resolved_cache_dir() / name)
+        try:
+            _check_pbx(part, environ)
+        except OptionError as exc:
+            raise OptionError(f"[pbx.{name}]: {exc}") from None
+        opts.pbxs[name] = part
+    return opts
+
+
+# Options that belong to the mount as a whole, never to one PBX of several.
+_MOUNT_WIDE = {"listen", "metrics", "allow_other", "allow_root", "uid", "gid", "umask",
+               "foreground", "log_level", "log_file", "config"}
+
+
+def _safe_dir_name(name: str) -> bool:
+    from recfs.protocol.names import BadName, check_recording_name
+    try:
+        check_recording_name(name)
+    except BadName:
+        return False
+    return True
+
+
+def _apply(opts: MountOptions, merged: dict[str, object]) -> None:
     for key, value in merged.items():
         # mount(8)'s bare `user` is not our `user=NAME`.
         if (key in _IGNORED and value is True) or key.startswith(_IGNORED_PREFIXES):
             continue
         if key not in _FLAGS | _INTS | _FLOATS | _STRINGS:
             raise OptionError(f"unknown option {key!r}")
-        value = _coerce(key, value)
-        if key in ("listen", "metrics"):
-            value = _parse_listen(str(value), key)
-        elif key == "umask":
-            try:
-                value = int(str(value), 8)
-            except ValueError:
-                raise OptionError(f"umask must be octal, not {value!r}") from None
-        elif key == "api_version":
-            try:
-                value = normalise_api_version(str(value))
-            except ValueError as exc:
-                raise OptionError(str(exc)) from None
-        elif key == "views" and value not in ("all", "none"):
-            raise OptionError(f"views must be all or none, not {value!r}")
-        elif key == "fingerprint":
-            try:
-                parse_fingerprint(str(value))
-            except ValueError as exc:
-                raise OptionError(str(exc)) from None
-        elif key == "report_from":
-            try:
-                parse_networks(str(value))
-            except ValueError as exc:
-                raise OptionError(str(exc)) from None
-        elif key == "prefetch" and value not in ("new", "none", "all"):
-            raise OptionError(f"prefetch must be new, none or all, not {value!r}")
-        elif key in ("cache_size", "cache_min_free"):
-            from recfs.content.cache import parse_size
-            try:
-                parse_size(str(value))
-            except ValueError:
-                raise OptionError(f"{key} must be a size such as 20G, 500M or 10%, "
-                                  f"not {value!r}") from None
-        elif key == "backfill_interval" and float(value) < 1:  # type: ignore[arg-type]
-            raise OptionError("backfill_interval must be at least 1 second")
-        elif key == "max_downloads" and int(value) < 1:  # type: ignore[arg-type]
-            raise OptionError("max_downloads must be at least 1")
-        setattr(opts, key, value)
+        setattr(opts, key, _checked(key, _coerce(key, value)))
 
-    parts = urlsplit(source)
+
+def _checked(key: str, value: object) -> object:
+    """The option's value in its final form, or OptionError saying what is wrong."""
+    if key in ("listen", "metrics"):
+        return _parse_listen(str(value), key)
+    if key == "umask":
+        try:
+            return int(str(value), 8)
+        except ValueError:
+            raise OptionError(f"umask must be octal, not {value!r}") from None
+    if key == "api_version":
+        try:
+            return normalise_api_version(str(value))
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
+    if key == "views" and value not in ("all", "none"):
+        raise OptionError(f"views must be all or none, not {value!r}")
+    if key == "fingerprint":
+        try:
+            parse_fingerprint(str(value))
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
+    if key == "report_from":
+        try:
+            parse_networks(str(value))
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
+    if key == "prefetch" and value not in ("new", "none", "all"):
+        raise OptionError(f"prefetch must be new, none or all, not {value!r}")
+    if key in ("cache_size", "cache_min_free"):
+        from recfs.content.cache import parse_size
+        try:
+            parse_size(str(value))
+        except ValueError:
+            raise OptionError(f"{key} must be a size such as 20G, 500M or 10%, "
+                              f"not {value!r}") from None
+    if key == "backfill_interval" and float(value) < 1:  # type: ignore[arg-type]
+        raise OptionError("backfill_interval must be at least 1 second")
+    if key == "max_downloads" and int(value) < 1:  # type: ignore[arg-type]
+        raise OptionError("max_downloads must be at least 1")
+    return value
+
+
+def _check_pbx(opts: MountOptions, environ) -> None:
+    """What one PBX needs: a URL, a password, an existing cafile."""
+    parts = urlsplit(opts.source)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise OptionError(f"SOURCE must be the PBX's URL, such as https://pbx.example:8088, not {source!r}")
+        raise OptionError(f"SOURCE must be the PBX's URL, such as https://pbx.example:8088, "
+                          f"not {opts.source!r}")
     if not opts.password_file and "RECFS_PASSWORD" in environ:
         opts.password = environ["RECFS_PASSWORD"]
     if not opts.password_file and opts.password is None:
         raise OptionError("no password: give -o password_file=FILE or set RECFS_PASSWORD")
     if opts.cafile and not os.path.isfile(opts.cafile):
         raise OptionError(f"cafile {opts.cafile} does not exist")
-    return opts
 
 
 def report_target_fields(opts: MountOptions, port: int, secret: str) -> tuple[int, str, str]:

@@ -75,7 +75,9 @@ class Ingest:
             return 200, "known"
         self.counters.added += 1
         self.added(rec)
-        log.info("new recording %s/%s", rec.day.replace("-", "/"), rec.name)
+        # DEBUG: a line per report would be most of the log, and of the cost, in a burst;
+        # the counters (status, metrics) tell how many came.
+        log.debug("new recording %s/%s", rec.day.replace("-", "/"), rec.name)
         return 200, "added"
 
     async def add_calls(self, calls: list[CallRecord]) -> tuple[int, int]:

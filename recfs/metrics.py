@@ -36,58 +36,69 @@ class Metrics:
         self.download_seconds = Histogram(
             "recfs_download_seconds", "Duration of completed downloads (handshake to verified file)",
             buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._collector: _StateCollector | None = None
 
-    def watch(self, sources: Any) -> None:
-        """Publish the counters of a StatusSources at every scrape."""
-        self.registry.register(_StateCollector(sources))
+    def watch(self, sources: Any, pbx: str = "") -> None:
+        """Publish the counters of a StatusSources at every scrape; *pbx* names it in
+        a mount of several PBXs (the `pbx` label)."""
+        if self._collector is None:
+            self._collector = _StateCollector()
+            self.registry.register(self._collector)
+        self._collector.sources.append((pbx, sources))
 
 
 class _StateCollector(Collector):
-    def __init__(self, sources: Any):
-        self.sources = sources
+    def __init__(self) -> None:
+        self.sources: list[tuple[str, Any]] = []
 
     def collect(self):
-        s = self.sources
-        counters = s.ingest.counters
-        reports = CounterMetricFamily("recfs_reports", "Reports pushed by the PBX",
-                                      labels=["outcome"])
-        for outcome in ("added", "duplicates", "unrecorded", "ignored", "rejected"):
-            reports.add_metric([outcome], getattr(counters, outcome, 0))
-        yield reports
-        yield CounterMetricFamily("recfs_reports_received", "Reports received",
-                                  value=counters.received)
-        yield CounterMetricFamily("recfs_pbx_logins", "Successful PBX logins", value=s.client.logins)
-        yield CounterMetricFamily("recfs_pbx_handshakes", "get_random handshakes for recordings",
-                                  value=getattr(s.client, "handshakes", 0))
-        yield GaugeMetricFamily("recfs_pbx_logged_in", "1 while a PBX session is live",
-                                value=1 if s.client.logged_in else 0)
-        content = s.content
-        downloads = CounterMetricFamily("recfs_downloads", "Recording downloads", labels=["result"])
-        downloads.add_metric(["completed"], content.downloads_completed)
-        downloads.add_metric(["failed"], content.downloads_failed)
-        yield downloads
-        yield CounterMetricFamily("recfs_download_bytes", "Bytes received from the PBX",
-                                  value=getattr(content, "bytes_downloaded", 0))
-        yield GaugeMetricFamily("recfs_downloads_running", "Transfers at the PBX now",
-                                value=content.slots.in_use)
-        yield GaugeMetricFamily("recfs_downloads_queued", "Transfers waiting for a slot",
-                                value=content.slots.queued)
-        yield CounterMetricFamily("recfs_cache_hits", "Opens served from the cache",
-                                  value=getattr(content, "cache_hits", 0))
-        yield CounterMetricFamily("recfs_cache_misses", "Opens that needed the PBX",
-                                  value=getattr(content, "cache_misses", 0))
-        cache = content.cache
-        yield CounterMetricFamily("recfs_cache_evictions", "Files evicted from the cache",
-                                  value=getattr(cache, "evictions", 0))
-        yield GaugeMetricFamily("recfs_cache_bytes", "Bytes of complete files in the cache",
-                                value=getattr(cache, "complete_bytes", 0))
-        yield GaugeMetricFamily("recfs_cache_files", "Complete files in the cache",
-                                value=getattr(cache, "complete_files", 0))
-        if getattr(cache, "max_bytes", None):
-            yield GaugeMetricFamily("recfs_cache_limit_bytes", "The cache's size cap",
-                                    value=cache.max_bytes)
-        yield GaugeMetricFamily("recfs_recordings", "Recordings in the catalog",
-                                value=s.catalog.count())
+        labelled = any(name for name, _s in self.sources)
+        families: dict[str, Any] = {}
+
+        def add(kind, name: str, doc: str, value: float, pbx: str, **labels: str) -> None:
+            family = families.get(name)
+            if family is None:
+                names = (["pbx"] if labelled else []) + list(labels)
+                family = families[name] = kind(name, doc, labels=names)
+            family.add_metric(([pbx] if labelled else []) + list(labels.values()), value)
+
+        counter, gauge = CounterMetricFamily, GaugeMetricFamily
+        for pbx, s in self.sources:
+            counters, content = s.ingest.counters, s.content
+            cache = content.cache
+            add(counter, "recfs_reports_received", "Reports received", counters.received, pbx)
+            for outcome in ("added", "duplicates", "unrecorded", "ignored", "rejected"):
+                add(counter, "recfs_reports", "Reports pushed by the PBX, by outcome",
+                    getattr(counters, outcome, 0), pbx, outcome=outcome)
+            add(counter, "recfs_pbx_logins", "Successful PBX logins", s.client.logins, pbx)
+            add(counter, "recfs_pbx_handshakes", "get_random handshakes for recordings",
+                getattr(s.client, "handshakes", 0), pbx)
+            add(gauge, "recfs_pbx_logged_in", "1 while a PBX session is live",
+                1 if s.client.logged_in else 0, pbx)
+            add(counter, "recfs_downloads", "Recording downloads", content.downloads_completed,
+                pbx, result="completed")
+            add(counter, "recfs_downloads", "Recording downloads", content.downloads_failed,
+                pbx, result="failed")
+            add(counter, "recfs_download_bytes", "Bytes received from the PBX",
+                getattr(content, "bytes_downloaded", 0), pbx)
+            add(gauge, "recfs_downloads_running", "Transfers at the PBX now",
+                content.slots.in_use, pbx)
+            add(gauge, "recfs_downloads_queued", "Transfers waiting for a slot",
+                content.slots.queued, pbx)
+            add(counter, "recfs_cache_hits", "Opens served from the cache",
+                getattr(content, "cache_hits", 0), pbx)
+            add(counter, "recfs_cache_misses", "Opens that needed the PBX",
+                getattr(content, "cache_misses", 0), pbx)
+            add(counter, "recfs_cache_evictions", "Files evicted from the cache",
+                getattr(cache, "evictions", 0), pbx)
+            add(gauge, "recfs_cache_bytes", "Bytes of complete files in the cache",
+                getattr(cache, "complete_bytes", 0), pbx)
+            add(gauge, "recfs_cache_files", "Complete files in the cache",
+                getattr(cache, "complete_files", 0), pbx)
+            add(gauge, "recfs_cache_limit_bytes", "The cache's size cap (0: none)",
+                getattr(cache, "max_bytes", None) or 0, pbx)
+            add(gauge, "recfs_recordings", "Recordings in the catalog", s.catalog.count(), pbx)
+        yield from families.values()
 
 
 async def serve_metrics(metrics: Metrics, sock: socket.socket, stop: trio.Event, *,

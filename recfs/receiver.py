@@ -1,20 +1,24 @@
 """The report receiver: the HTTP endpoint the PBX pushes NewCdr reports to.
 
-Hypercorn serves it in the mount's own trio loop; this module is only the ASGI
-application and the server settings. Any path is accepted: the PBX posts to the
+recfs.http11 (a small h11-based server: the PBX opens a connection per report,
+and a general server's per-connection cost was most of the receiver's) serves it
+in the mount's own trio loop; this module is the ASGI application, which any ASGI
+server could run. Any path is accepted: the PBX posts to the
 path registered at login, or to / when none was.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from recfs.asgi import lifespan, serve_on
+from recfs.asgi import lifespan
 from recfs.gate import ReportGate
+from recfs.http11 import serve_asgi
 from recfs.protocol.reports import MAX_REPORT_BYTES
 
 log = logging.getLogger("recfs.receiver")
@@ -77,10 +81,32 @@ async def _reply(send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-async def serve_reports(handle: Handler, gate: ReportGate, sock: socket.socket, stop: trio.Event, *,
+class ReportRouter:
+    """One receiver for every PBX of a mount: the secret that ends the path names the
+    PBX (each registered its own at login), whose ReportApp then checks the rest."""
+
+    def __init__(self, apps: dict[str, ReportApp]):
+        self.apps = apps
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        last = scope.get("path", "").rstrip("/").rsplit("/", 1)[-1]
+        for secret, app in self.apps.items():
+            if secrets.compare_digest(last, secret):
+                await app(scope, receive, send)
+                return
+        client = scope.get("client") or ("?", 0)
+        log.warning("refused a request from %s:%s: wrong report path", client[0], client[1])
+        await _reply(send, 403, "forbidden")
+
+
+async def serve_reports(router: ReportRouter, sock: socket.socket, stop: trio.Event, *,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve on the bound *sock* until *stop* is set."""
     host, port = sock.getsockname()[:2]
     log.info("receiving PBX reports on %s:%d", host, port)
-    await serve_on(ReportApp(handle, gate), sock, stop, "recfs.receiver.server",
-                   task_status=task_status)
+    await serve_asgi(router, sock, stop, "recfs.receiver.server", task_status=task_status)

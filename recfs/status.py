@@ -103,6 +103,8 @@ def _size(value: int | None) -> str:
 
 
 def render(status: dict[str, Any]) -> str:
+    if "pbxs" in status:  # a mount of several PBXs: one block each
+        return "\n".join(f"[{name}] " + render(part) for name, part in status["pbxs"].items())
     pbx, reports, cache, downloads = (status["pbx"], status["reports"], status["cache"],
                                       status["downloads"])
     session = "logged in" if pbx["logged_in"] else f"not logged in ({pbx['problem'] or 'connecting'})"

@@ -7,6 +7,10 @@ only once answered 200, i.e. committed.
 
 Clients run in a separate process (asyncio, raw HTTP/1.1, one connection per report
 as the PBX does) so that they do not share the mount's CPU time slice in Python.
+
+In the same run, the same clients first post to bare servers that read the body and
+answer 200 without doing anything (hypercorn, and recfs.http11 which serves the
+receiver): the figure to compare with, on a machine whose load varies.
 """
 
 from __future__ import annotations
@@ -27,8 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "mount
 from conftest import Mount, Sim, receiver_url  # noqa: E402
 
 
+# Calls of the last day, as a live PBX reports them. (Calls of years ago would move
+# the catalog's last_seen back, and the mount's start-up back-fill would then walk
+# every day since, at the PBX, during the measurement.)
+BASE_EPOCH = int(time.time()) - 86400
+
+
 def report(i: int) -> bytes:
-    epoch = 1718001234 + i
+    epoch = BASE_EPOCH + i % 80000
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(epoch + 8))
     body = {"event": "NewCdr", "callid": f"{epoch}.{i}",
             "timestart": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)),
@@ -87,12 +97,58 @@ def post_burst(url: str, count: int, clients: int, processes: int = 1, first: in
     return acked
 
 
+async def _bare_app(scope, receive, send) -> None:
+    if scope["type"] == "lifespan":
+        from recfs.asgi import lifespan
+        await lifespan(receive, send)
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"3")]})
+    await send({"type": "http.response.body", "body": b"ok\n"})
+
+
+def _bare_server(kind: str, ports) -> None:
+    import trio
+
+    from recfs.asgi import bind_socket, serve_on
+    from recfs.http11 import serve_asgi
+
+    sock = bind_socket("127.0.0.1", 0)
+    ports.put(sock.getsockname()[1])
+    serve = serve_on if kind == "hypercorn" else serve_asgi
+    trio.run(serve, _bare_app, sock, trio.Event(), "bench.bare")
+
+
+def bare_rate(kind: str, count: int, clients: int, processes: int) -> float:
+    """Reports/s that a server doing nothing but answer 200 takes from these clients."""
+    ports = multiprocessing.Queue()
+    server = multiprocessing.Process(target=_bare_server, args=(kind, ports), daemon=True)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{ports.get(timeout=30)}/bare"
+        post_burst(url, 200, 8)  # warm-up
+        started = time.perf_counter()
+        acked = post_burst(url, count, clients, processes)
+        return len(acked) / (time.perf_counter() - started)
+    finally:
+        server.kill()
+        server.join()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reports", type=int, default=20000)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip the bare servers (the figure then stands alone)")
     args = ap.parse_args()
+    baselines = {}
+    if not args.no_baseline:
+        for kind in ("hypercorn", "http11"):
+            baselines[kind] = bare_rate(kind, args.reports, args.clients, args.processes)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sim = Sim(work / "sim")
@@ -114,6 +170,10 @@ def main() -> int:
             print(f"{len(acked)} of {args.reports} reports acknowledged in {elapsed:.2f} s: "
                   f"{len(acked) / elapsed:.0f} reports/s ({args.clients} concurrent clients, "
                   f"{os.cpu_count()} CPUs); {stored} in the catalog")
+            rate = len(acked) / elapsed
+            for kind, base in baselines.items():
+                print(f"baseline: bare {kind} answering 200: {base:.0f} requests/s "
+                      f"(recfs is {rate / base:.0%} of it)")
             mount.unmount()
         finally:
             if mount is not None:

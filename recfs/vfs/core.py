@@ -26,7 +26,7 @@ from recfs.protocol.errors import PbxError
 # it works for every user who can see the mount, through the mount itself.
 from recfs.status import STATUS_XATTR
 from recfs.protocol.names import BadName, check_recording_name
-from recfs.vfs.tree import ROOT_INO, DirNode, DirTree, Files
+from recfs.vfs.tree import DirNode, DirTree, Files
 
 log = logging.getLogger("recfs.vfs")
 
@@ -100,11 +100,11 @@ class Attributes:
 
 class RecordingsFs:
     def __init__(self, catalog: Catalog, content: ContentStore, owner: Owner,
-                 mount_time: float | None = None, views: bool = True):
+                 mount_time: float | None = None, views: bool = True, top: str = ""):
         self.catalog = catalog
         self.content = content
         self.owner = owner
-        self.tree = DirTree(mount_time if mount_time is not None else time.time(), views)
+        self.tree = DirTree(mount_time if mount_time is not None else time.time(), views, top)
         self.load_dirs()
         self._handles: dict[int, OpenRecording] = {}
         self._next_fh = itertools.count(1)
@@ -135,7 +135,7 @@ class RecordingsFs:
 
     # -- attributes ------------------------------------------------------------
 
-    def _dir_attributes(self, node: DirNode) -> Attributes:
+    def dir_attributes(self, node: DirNode) -> Attributes:
         return Attributes(node.ino, self.owner.dir_mode, 2 + len(node.children), 0,
                           self.owner.uid, self.owner.gid, node.mtime, DIR_TIMEOUT)
 
@@ -162,22 +162,22 @@ class RecordingsFs:
     async def getattr(self, ino: int) -> Attributes:
         node = self.tree.get(ino)
         if node is not None:
-            return self._dir_attributes(node)
+            return self.dir_attributes(node)
         return await self._exact_file_attributes(self._recording(ino))
 
     async def lookup(self, parent: int, name: str) -> Attributes:
         node = self._dir(parent)
         if name == ".":
-            return self._dir_attributes(node)
-        if name == "..":
-            return self._dir_attributes(self.tree.nodes[node.parent])
+            return self.dir_attributes(node)
+        if name == ".." and node.parent in self.tree.nodes:
+            return self.dir_attributes(self.tree.nodes[node.parent])
         child = node.children.get(name)
         if child is not None:
-            return self._dir_attributes(self.tree.nodes[child])
+            return self.dir_attributes(self.tree.nodes[child])
         if node.files == ("numbers",):
             known = self.catalog.number(name) if _dir_name_ok(name) else None
             if known is not None:
-                return self._dir_attributes(self.tree.number_node(name, known[1]))
+                return self.dir_attributes(self.tree.number_node(name, known[1]))
         elif node.files is not None:
             rec = self.catalog.by_name(name)
             if rec is not None and _belongs(rec, node.files):
@@ -204,7 +204,7 @@ class RecordingsFs:
         subdirs = sorted((child, name) for name, child in node.children.items())
         for child, name in subdirs:
             if child > after:
-                yield name, self._dir_attributes(self.tree.nodes[child]), child
+                yield name, self.dir_attributes(self.tree.nodes[child]), child
         if node.files == ("numbers",):
             yield from self._list_numbers(after)
         elif node.files is not None:
@@ -239,7 +239,7 @@ class RecordingsFs:
                 return
             for rowid, number, newest in batch:
                 if _dir_name_ok(number):
-                    yield number, self._dir_attributes(self.tree.number_node(number, newest)), rowid
+                    yield number, self.dir_attributes(self.tree.number_node(number, newest)), rowid
             cursor = batch[-1][0]
 
     # -- contents ---------------------------------------------------------------
@@ -296,7 +296,7 @@ class RecordingsFs:
         return [XATTR_PREFIX + field for field in XATTR_FIELDS if getattr(rec.call, field)]
 
     def getxattr(self, ino: int, name: str) -> bytes:
-        if ino == ROOT_INO and name == STATUS_XATTR and self.status is not None:
+        if ino == self.tree.root_ino and name == STATUS_XATTR and self.status is not None:
             return json.dumps(self.status(), sort_keys=True).encode()
         if self.tree.get(ino) is None and name.startswith(XATTR_PREFIX):
             field = name[len(XATTR_PREFIX):]

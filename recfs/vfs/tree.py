@@ -35,17 +35,24 @@ class DirNode:
 
 
 class DirTree:
-    def __init__(self, mount_time: float, views: bool = True):
+    def __init__(self, mount_time: float, views: bool = True, top: str = ""):
+        """*top*: in a mount of several PBXs, this PBX's directory: its tree hangs
+        there, and its directory inodes are derived from paths below it."""
+        self.root_ino = dir_ino(top) if top else ROOT_INO
         self.nodes: dict[int, DirNode] = {
-            ROOT_INO: DirNode(ROOT_INO, ROOT_INO, "", "", mount_time),
+            self.root_ino: DirNode(self.root_ino, ROOT_INO, top, top, mount_time),
         }
         self.views = views
         self.by_type: DirNode | None = None
         self.by_number: DirNode | None = None
         if views:
-            self.by_type = self._child(self.nodes[ROOT_INO], BY_TYPE, mount_time)
-            self.by_number = self._child(self.nodes[ROOT_INO], BY_NUMBER, mount_time)
+            self.by_type = self._child(self.root, BY_TYPE, mount_time)
+            self.by_number = self._child(self.root, BY_NUMBER, mount_time)
             self.by_number.files = ("numbers",)
+
+    @property
+    def root(self) -> DirNode:
+        return self.nodes[self.root_ino]
 
     def get(self, ino: int) -> DirNode | None:
         return self.nodes.get(ino)
@@ -72,19 +79,19 @@ class DirTree:
     def add_day(self, day: str, mtime: float) -> DirNode:
         """Make sure YYYY/MM/DD exists for *day* ("YYYY-MM-DD"); newer mtimes
         propagate upwards so that a directory's mtime is its newest arrival."""
-        return self._add_dated(self.nodes[ROOT_INO], day, mtime, ("day", day))
+        return self._add_dated(self.root, day, mtime, ("day", day))
 
     def add_type_day(self, type_: str, day: str, mtime: float) -> DirNode:
         """by-type/<type>/YYYY/MM/DD; *type_* must be a safe directory name."""
         assert self.by_type is not None
-        self.nodes[ROOT_INO].mtime = max(self.nodes[ROOT_INO].mtime, mtime)
+        self.root.mtime = max(self.root.mtime, mtime)
         base = self._child(self.by_type, type_, mtime)
         return self._add_dated(base, day, mtime, ("type-day", type_, day))
 
     def number_node(self, number: str, mtime: float) -> DirNode:
         """by-number/<number>, made on demand (the caller checked it exists)."""
         assert self.by_number is not None
-        path = f"{BY_NUMBER}/{number}"
+        path = f"{self.by_number.path}/{number}"
         ino = dir_ino(path)
         node = self.nodes.get(ino)
         if node is None:
@@ -93,7 +100,7 @@ class DirTree:
         return node
 
     def day_node(self, day: str) -> DirNode | None:
-        node: DirNode | None = self.nodes[ROOT_INO]
+        node: DirNode | None = self.root
         for part in day.split("-"):
             assert node is not None
             child = node.children.get(part)

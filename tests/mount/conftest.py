@@ -87,6 +87,8 @@ class Sim:
 
     def issued_secrets(self) -> list[str]:
         """Every token and random this simulator handed out (empty if it is gone)."""
+        if self.http.is_closed:
+            return self._last_secrets
         try:
             return self.http.get("/sim/issued-secrets").json()
         except httpx.HTTPError:
@@ -99,7 +101,8 @@ class Sim:
         return (self.data_dir / "recordings" / name).read_bytes()
 
     def close(self) -> None:
-        self._last_secrets = self.issued_secrets() if self.proc.poll() is None else self._last_secrets
+        if self.proc.poll() is None:
+            self._last_secrets = self.issued_secrets()
         self.http.close()
         self.proc.send_signal(signal.SIGTERM)
         try:

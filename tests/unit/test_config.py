@@ -73,3 +73,40 @@ def test_world_readable_password_file_is_refused(tmp_path):
 def test_report_from_takes_a_comma_list_inside_o():
     o = opts("report_from=10.0.0.1,10.0.1.0/24,prefetch=none")
     assert (o.report_from, o.prefetch) == ("10.0.0.1,10.0.1.0/24", "none")
+
+
+def test_several_pbxs_from_one_config(tmp_path):
+    conf = tmp_path / "all.toml"
+    conf.write_text(f'''
+state_dir = "{tmp_path / 'state'}"
+cache_dir = "{tmp_path / 'cache'}"
+max_downloads = 3
+[pbx.main]
+source = "https://pbx1.example:8088"
+[pbx.branch]
+source = "https://pbx2.example:8088"
+user = "branchapi"
+max_downloads = 1
+''')
+    o = build_options("recfs", "/mnt", split_options(f"config={conf},listen=127.0.0.1:9000"),
+                      {"RECFS_PASSWORD": "pw"})
+    assert sorted(o.pbxs) == ["branch", "main"]
+    main, branch = o.pbxs["main"], o.pbxs["branch"]
+    assert (main.source, main.user, main.max_downloads) == ("https://pbx1.example:8088", "api", 3)
+    assert (branch.user, branch.max_downloads) == ("branchapi", 1)
+    assert main.state_dir == str(tmp_path / "state" / "main")
+    assert branch.cache_dir == str(tmp_path / "cache" / "branch")
+    assert o.listen == ("127.0.0.1", 9000)
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[pbx.main]\nsource = "https://a:8088"\nlisten = "0.0.0.0:1"\n', "whole mount"),
+    ('[pbx."a/b"]\nsource = "https://a:8088"\n', "directory name"),
+    ('[pbx.main]\nuser = "x"\n', "needs source"),
+    ('[pbx.main]\nsource = "pbx.example"\n', "SOURCE must be"),
+])
+def test_bad_pbx_tables(tmp_path, table, message):
+    conf = tmp_path / "bad.toml"
+    conf.write_text(table)
+    with pytest.raises(OptionError, match=message):
+        build_options("recfs", "/mnt", {"config": str(conf)}, {"RECFS_PASSWORD": "pw"})

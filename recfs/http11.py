@@ -1,0 +1,270 @@
+"""A small HTTP/1.1 server for one ASGI application, in the caller's trio loop.
+
+The report receiver's traffic is many tiny requests, each on its own connection
+(the PBX opens one per report); a general server's per-connection machinery costs
+more than the report itself. This one does only what the receiver needs: HTTP/1.1
+framing comes from h11 (nothing is parsed by hand here), and the ASGI interface is
+the plain `http` scope, so the application is the same one any ASGI server runs.
+
+Limits: request head at most MAX_HEAD bytes (h11's limit, checked between reads of
+at most _CHUNK bytes) and complete within HEAD_TIMEOUT
+seconds (else 431 / 408 and close); an idle keep-alive connection is closed after
+KEEP_ALIVE seconds; at most MAX_CONNECTIONS connections at once (more wait in the
+kernel's backlog). The body deadline and size cap are the application's (receiver.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from email.utils import formatdate
+from urllib.parse import unquote
+
+import h11
+import trio
+
+MAX_HEAD = 16 * 1024
+HEAD_TIMEOUT = 10.0
+KEEP_ALIVE = 5.0
+GRACE = 1.0
+MAX_CONNECTIONS = 1000
+BACKLOG = 1024
+_CHUNK = 16384  # also bounds how far a head may overshoot MAX_HEAD in one read
+_LINGER = 2.0
+_LINGER_BYTES = 1 << 20
+_TRANSIENT_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+_date = (0, b"")
+
+
+def _http_date() -> bytes:
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True).encode())
+    return _date[1]
+
+
+class _Closed(Exception):
+    """The peer went away (or broke the protocol) mid-request."""
+
+
+class _Connection:
+    def __init__(self, sock: trio.socket.SocketType, client: tuple[str, int],
+                 server: tuple[str, int], log: logging.Logger):
+        self.sock = sock
+        self.client = client
+        self.server = server
+        self.log = log
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.response: h11.Response | None = None
+        self.response_done = False
+
+    async def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            sent = await self.sock.send(view)
+            view = view[sent:]
+
+    async def _next_event(self):
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await self.sock.recv(_CHUNK)
+            except OSError:
+                data = b""
+            self.h11.receive_data(data)
+
+    async def serve(self, app) -> None:
+        served = False
+        while True:
+            # The first request's head must be complete within HEAD_TIMEOUT; on a
+            # kept-alive connection the next one must come within KEEP_ALIVE.
+            with trio.move_on_after(KEEP_ALIVE if served else HEAD_TIMEOUT) as waited:
+                try:
+                    event = await self._next_event()
+                except h11.RemoteProtocolError as exc:
+                    await self._refuse(exc.error_status_hint or 400, str(exc))
+                    return
+            if waited.cancelled_caught:
+                if self.h11.trailing_data[0]:
+                    await self._refuse(408, "request head not complete in time")
+                return
+            if not isinstance(event, h11.Request):
+                return  # ConnectionClosed
+            served = True
+            await self._run_app(app, event)
+            if self.response_done and self.h11.our_state is h11.DONE \
+                    and self.h11.their_state is h11.DONE:
+                self.h11.start_next_cycle()
+                self.response = None
+                self.response_done = False
+                continue
+            return
+
+    async def _run_app(self, app, request: h11.Request) -> None:
+        path, _, query = request.target.partition(b"?")
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": request.http_version.decode(),
+            "method": request.method.decode("ascii"),
+            "scheme": "http",
+            "path": unquote(path.decode("latin-1")),
+            "raw_path": path,
+            "query_string": query,
+            "root_path": "",
+            "headers": list(request.headers),
+            "client": self.client,
+            "server": self.server,
+            "state": {},
+        }
+        try:
+            await app(scope, self._receive, self._app_send)
+        except _Closed:
+            return
+        except Exception:
+            self.log.exception("the application failed on %s %s", scope["method"], scope["path"])
+            if self.response is None:
+                await self._respond_error(500)
+            return
+        if not self.response_done and self.h11.our_state is h11.SEND_RESPONSE \
+                and self.h11.their_state is not h11.ERROR:
+            await self._respond_error(500)
+
+    async def _receive(self) -> dict:
+        """The request body as it arrives; once it has all been delivered (or the
+        peer broke off), `http.disconnect`."""
+        if self.h11.they_are_waiting_for_100_continue:
+            try:
+                await self._send(self.h11.send(h11.InformationalResponse(status_code=100,
+                                                                         headers=[])))
+            except OSError:
+                return {"type": "http.disconnect"}
+        if self.h11.their_state is not h11.SEND_BODY:
+            return {"type": "http.disconnect"}
+        try:
+            event = await self._next_event()
+        except h11.RemoteProtocolError:
+            return {"type": "http.disconnect"}
+        if isinstance(event, h11.Data):
+            return {"type": "http.request", "body": bytes(event.data), "more_body": True}
+        if isinstance(event, h11.EndOfMessage):
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def _app_send(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.response is not None:
+                raise RuntimeError("response already started")
+            headers = [(name, value) for name, value in message.get("headers", [])]
+            headers.append((b"date", _http_date()))
+            self.response = h11.Response(status_code=message["status"], headers=headers)
+        elif kind == "http.response.body":
+            if self.response is None or self.response_done:
+                raise RuntimeError("response body without a start, or after the end")
+            more = message.get("more_body", False)
+            out = b""
+            if self.h11.our_state is h11.SEND_RESPONSE:
+                out += self.h11.send(self.response)
+            body = message.get("body", b"")
+            if body:
+                out += self.h11.send(h11.Data(data=body))
+            if not more:
+                out += self.h11.send(h11.EndOfMessage())
+                self.response_done = True
+            try:
+                await self._send(out)
+            except OSError:
+                raise _Closed() from None
+
+    async def _respond_error(self, status: int) -> None:
+        payload = f"{status}\n".encode()
+        try:
+            data = self.h11.send(h11.Response(status_code=status, headers=[
+                (b"content-type", b"text/plain"), (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"), (b"date", _http_date())]))
+            data += self.h11.send(h11.Data(data=payload)) + self.h11.send(h11.EndOfMessage())
+            self.response_done = True
+            await self._send(data)
+        except (h11.LocalProtocolError, OSError):
+            pass
+
+    async def _refuse(self, status: int, why: str) -> None:
+        self.log.debug("closing a connection from %s:%d: %s", *self.client, why)
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            await self._respond_error(status)
+
+    async def close(self) -> None:
+        """Close; when the peer may still be sending (a refused body), first stop
+        writing and read what comes for a moment, so that the kernel does not answer
+        the unread bytes with a reset that could destroy the reply in flight."""
+        try:
+            if self.response_done \
+                    and self.h11.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+                self.sock.shutdown(socket.SHUT_WR)
+                with trio.move_on_after(_LINGER):
+                    drained = 0
+                    while drained < _LINGER_BYTES:
+                        data = await self.sock.recv(_CHUNK)
+                        if not data:
+                            break
+                        drained += len(data)
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+
+
+async def serve_asgi(app, sock: socket.socket, stop: trio.Event, log_name: str, *,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve *app* on the bound *sock* (adopted, closed here) until *stop*; then let
+    requests in progress finish for GRACE seconds."""
+    log = logging.getLogger(log_name)
+    listener = trio.socket.from_stdlib_socket(sock)
+    listener.listen(BACKLOG)
+    server = tuple(listener.getsockname()[:2])
+    slots = trio.Semaphore(MAX_CONNECTIONS)
+
+    async def connection(conn_sock, client) -> None:
+        conn = _Connection(conn_sock, client, server, log)
+        try:
+            await conn.serve(app)
+        except Exception:
+            log.exception("connection from %s:%d failed", *client)
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn.close()
+            slots.release()
+
+    with listener:
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as accepting:
+                task_status.started()
+                nursery.start_soon(_wait_then_cancel, stop, accepting)
+                while True:
+                    await slots.acquire()
+                    try:
+                        conn_sock, address = await listener.accept()
+                    except OSError as exc:
+                        slots.release()
+                        if exc.errno in _TRANSIENT_ACCEPT:
+                            log.warning("cannot accept a connection: %s", exc)
+                            await trio.sleep(0.1)
+                            continue
+                        raise
+                    except BaseException:
+                        slots.release()
+                        raise
+                    nursery.start_soon(connection, conn_sock, tuple(address[:2]))
+            nursery.cancel_scope.deadline = trio.current_time() + GRACE
+
+
+async def _wait_then_cancel(stop: trio.Event, scope: trio.CancelScope) -> None:
+    await stop.wait()
+    scope.cancel()
