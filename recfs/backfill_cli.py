@@ -84,11 +84,8 @@ class ProgressBar:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    raw: dict[str, str | bool] = {}
-    for chunk in args.options:
-        raw.update(split_options(chunk))
     try:
-        opts = build_options(args.source, os.getcwd(), raw)
+        opts = build_options(args.source, os.getcwd(), split_options(*args.options))
         opts.read_password()  # fail now, clearly
     except OptionError as exc:
         print(f"recfs: {exc}", file=sys.stderr)

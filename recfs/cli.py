@@ -33,11 +33,8 @@ def cmd_mount(argv: list[str]) -> int:
     from recfs.logs import setup_logging
 
     args = _mount_parser().parse_args(argv)
-    raw: dict[str, str | bool] = {}
-    for chunk in args.options:
-        raw.update(split_options(chunk))
     try:
-        opts = build_options(args.source, os.path.abspath(args.mountpoint), raw)
+        opts = build_options(args.source, os.path.abspath(args.mountpoint), split_options(*args.options))
     except OptionError as exc:
         print(f"recfs: {exc}", file=sys.stderr)
         return 2

@@ -126,10 +126,12 @@ def _home() -> str:
 _LIST_VALUED = {"report_from"}
 
 
-def split_options(text: str) -> dict[str, str | bool]:
+def split_options(*texts: str) -> dict[str, str | bool]:
+    """`-o a=1,b,c=2` (given once or several times) as a dict; a bare word is True."""
     result: dict[str, str | bool] = {}
     previous = None
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    items = (part.strip() for text in texts for part in text.split(","))
+    for item in filter(None, items):
         key, sep, value = item.partition("=")
         if not sep and previous in _LIST_VALUED and _looks_like_address(item):
             result[previous] = f"{result[previous]},{item}"
