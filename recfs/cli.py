@@ -34,7 +34,8 @@ def cmd_mount(argv: list[str]) -> int:
 
     args = _mount_parser().parse_args(argv)
     try:
-        opts = build_options(args.source, os.path.abspath(args.mountpoint), split_options(*args.options))
+        opts = build_options(args.source, os.path.abspath(args.mountpoint),
+                             split_options(*args.options))
     except OptionError as exc:
         print(f"recfs: {exc}", file=sys.stderr)
         return 2

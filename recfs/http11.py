@@ -88,7 +88,8 @@ class _Connection:
                 try:
                     event = await self._next_event()
                 except h11.RemoteProtocolError as exc:
-                    await self._refuse(exc.error_status_hint or 400, str(exc))
+                    # Not h11's message: it may quote the request line (the secret).
+                    await self._refuse(exc.error_status_hint or 400, "not valid HTTP/1.1")
                     return
             if waited.cancelled_caught:
                 if self.h11.trailing_data[0]:
@@ -128,8 +129,9 @@ class _Connection:
         except _Closed:
             return
         except Exception:
-            self.log.exception("the application failed on %s %s", scope["method"], scope["path"])
-            if self.response is None:
+            # Not the path: the receiver's carries the report secret.
+            self.log.exception("the application failed on a %s request", scope["method"])
+            if self.h11.our_state is h11.SEND_RESPONSE:
                 await self._respond_error(500)
             return
         if not self.response_done and self.h11.our_state is h11.SEND_RESPONSE \
@@ -238,9 +240,10 @@ async def serve_asgi(app, sock: socket.socket, stop: trio.Event, log_name: str, 
         except Exception:
             log.exception("connection from %s:%d failed", *client)
         finally:
-            with trio.CancelScope(shield=True):
-                await conn.close()
-            slots.release()
+            try:
+                await conn.close()  # closes the socket even when cancelled
+            finally:
+                slots.release()
 
     with listener:
         async with trio.open_nursery() as nursery:
@@ -262,6 +265,7 @@ async def serve_asgi(app, sock: socket.socket, stop: trio.Event, log_name: str, 
                         slots.release()
                         raise
                     nursery.start_soon(connection, conn_sock, tuple(address[:2]))
+            listener.close()  # new connections are refused from now on
             nursery.cancel_scope.deadline = trio.current_time() + GRACE
 
 
