@@ -85,7 +85,10 @@ class Backfill:
             body = await self.client.cdr_download(first, last)
             rows = parse_cdr_csv(body)
         except (PbxError, CdrFormatError) as exc:
-            refused = isinstance(exc, CdrFormatError) or exc.errno is not None
+            # A refusal of the range itself may mean "too much at once"; a session
+            # problem (login, token, lock-out) says nothing about the range.
+            refused = isinstance(exc, CdrFormatError) or (
+                exc.errno is not None and exc.operation not in ("login", "heartbeat"))
             if refused and end - start >= 2 * self.min_window:
                 middle = start + (end - start) / 2
                 middle = middle.replace(microsecond=0)

@@ -9,10 +9,12 @@ from urllib.parse import urlsplit
 
 import trio
 
-from recfs.protocol.client import PbxClient
+from recfs.protocol.client import LoginDeferred, PbxClient
 from recfs.protocol.errors import PbxError
 
 log = logging.getLogger("recfs.session")
+
+CHECK_INTERVAL = 5.0
 
 
 async def local_address_towards(url: str) -> str:
@@ -36,14 +38,23 @@ async def keep_session(client: PbxClient, heartbeat_interval: float) -> None:
                 await client.login()
             if ipaddr is None:
                 ipaddr = await local_address_towards(client.base_url)
-            await trio.sleep(heartbeat_interval)
-            await client.heartbeat(ipaddr)
+            # Heartbeat on time, or log in again at once when a call found the token
+            # dead (without a session, the PBX pushes no reports).
+            with trio.move_on_after(heartbeat_interval):
+                await client.wait_session_lost()
+            if client.logged_in:
+                await client.heartbeat(ipaddr)
+        except LoginDeferred:
+            # The guard holds logins back (a pause after a failure, or given up on
+            # these credentials); asking it again costs nothing on the network and
+            # notices at once when the password file has been corrected.
+            await trio.sleep(CHECK_INTERVAL)
         except PbxError as exc:
-            # Given up on these credentials: only an edited password file helps,
-            # and guard.check() notices that without asking the PBX.
-            pause = 60.0 if client.guard.gave_up else max(client.guard.wait, 5.0)
-            log.warning("%s; next try in %.0f s", exc, pause)
-            await trio.sleep(pause)
+            if client.guard.gave_up:
+                log.error("%s: not logging in again until the password file changes", exc)
+            else:
+                log.warning("%s; next try in %.0f s", exc, max(client.guard.wait, CHECK_INTERVAL))
+            await trio.sleep(CHECK_INTERVAL)
         except OSError as exc:
             log.warning("cannot reach the PBX: %s; next try in 10 s", exc)
             await trio.sleep(10)

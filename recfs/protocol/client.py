@@ -47,6 +47,11 @@ def md5_hex(password: str) -> str:
     return hashlib.md5(password.encode("utf-8")).hexdigest()
 
 
+class LoginDeferred(PbxError):
+    """No login was sent: the guard says not now (waiting, or given up on these
+    credentials). Nothing went over the network."""
+
+
 @dataclass(frozen=True)
 class ReportTarget:
     """Where the PBX should push reports, as registered at login and heartbeat."""
@@ -86,7 +91,7 @@ class LoginGuard:
             self._refused_secret = None
             self.not_before = 0.0
         if self.bad_credentials >= self.MAX_BAD_CREDENTIALS:
-            raise PbxError(
+            raise LoginDeferred(
                 "login",
                 BAD_CREDENTIALS,
                 f"refused {self.bad_credentials} times; not retrying until the credentials "
@@ -95,7 +100,7 @@ class LoginGuard:
         wait = self.not_before - self._clock()
         if wait > 0:
             errno = self.last_error.errno if self.last_error else None
-            raise PbxError("login", errno, f"next attempt allowed in {wait:.0f} s")
+            raise LoginDeferred("login", errno, f"next attempt allowed in {wait:.0f} s")
 
     def succeeded(self) -> None:
         self.bad_credentials = 0
@@ -215,6 +220,7 @@ class PbxClient:
         self.guard = LoginGuard(clock)
         self._token: str | None = None
         self._login_lock = trio.Lock()
+        self._session_lost = trio.Event()  # set when the token dies; keep_session waits on it
         self._generation = 0  # bumped at each successful login
         self.logins = 0
         self.handshakes = 0
@@ -290,6 +296,7 @@ class PbxClient:
                 raise error
             register_secret(token)
             self._token = token
+            self._session_lost = trio.Event()
             self._generation += 1
             self.logins += 1
             self.guard.succeeded()
@@ -298,6 +305,11 @@ class PbxClient:
     def _drop_token(self, token: str | None) -> None:
         if token is not None and self._token == token:
             self._token = None
+            self._session_lost.set()
+
+    async def wait_session_lost(self) -> None:
+        """Return once the current token has died (the PBX said so to some call)."""
+        await self._session_lost.wait()
 
     async def call(self, operation: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """An API call with a token; a dead token means one login and one retry."""

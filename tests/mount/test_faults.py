@@ -85,3 +85,24 @@ def test_lockout_makes_reads_fail_fast_without_more_logins(sim, tmp_path):
         assert cdr["recording"]
     finally:
         mount.cleanup()
+
+
+def test_wrong_password_at_mount_then_corrected(sim, tmp_path):
+    mount = Mount(sim, tmp_path / "pw", "prefetch=none")
+    try:
+        password_file = mount.workdir / "password"
+        password_file.write_text("wrong\n")
+        # The mount came up already (it does not need the PBX); make it log in again.
+        sim.http.post("/sim/expire-tokens").raise_for_status()
+        cdr = sim.call(duration=2)  # reported to the live session... which is now dead
+        wait_for(lambda: sim.stats()["failed_logins"] >= 1 or sim.stats()["logins"] >= 2, 30,
+                 what="a login attempt")
+        assert sim.stats()["failed_logins"] >= 1
+        time.sleep(3)
+        assert sim.stats()["failed_logins"] == 1, "no hurried second try with the same password"
+        password_file.write_text(sim.password + "\n")
+        wait_for(lambda: sim.stats()["logins"] >= 2, 20, what="login with the corrected password")
+        assert cdr["recording"]
+    finally:
+        mount.cleanup()
+    assert "Traceback" not in mount.log()
