@@ -65,3 +65,10 @@ def test_status_of_something_else_is_a_clear_error(tmp_path):
     result = subprocess.run([*RECFS, "status", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 1
     assert "is not a running recfs mount" in result.stderr
+
+
+def test_no_secret_on_the_command_line(sim, mounted):
+    """`ps` shows the mount's command line: the password is never on it."""
+    cmdline = open(f"/proc/{mounted.proc.pid}/cmdline", "rb").read().decode()
+    assert sim.password not in cmdline
+    assert "password_file=" in cmdline

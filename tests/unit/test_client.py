@@ -189,3 +189,18 @@ def test_sniff():
     assert sniff(b'  {"status"') == ("json", None)
     assert sniff(b"<!DOCTYPE html>") == ("html", None)
     assert sniff(b"ID3\x03\x00") == ("other", None)
+
+
+@respx.mock
+async def test_hostile_names_are_url_encoded_when_sent_back():
+    name = "a b&token=x#frag?q=1%2F+é.wav"
+    respx.post(f"{API}/login").mock(return_value=ok(token=TOKEN1))
+    gr = respx.post(f"{API}/recording/get_random").mock(return_value=ok(random=RANDOM))
+    dl = respx.get(f"{API}/recording/download").mock(
+        return_value=httpx.Response(200, content=wav(10)))
+    await _download(make_client(), name)
+    assert json.loads(gr.calls[0].request.content) == {"recording": name}
+    request = dl.calls[0].request
+    assert request.url.params["recording"] == name
+    assert request.url.params["token"] == TOKEN1  # the name could not inject a parameter
+    assert b"&token=x" not in request.url.raw_path and b"#" not in request.url.raw_path
