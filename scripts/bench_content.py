@@ -293,7 +293,7 @@ class Bench:
     def stream(self) -> None:
         print("uncached streaming read of a 20 MiB recording over HTTPS")
         mount = self.mount("stream")
-        reps = 3
+        reps = 5
         cdrs = [self.sim.call(duration=seconds_for(20 * MiB)) for _ in range(reps * 3)]
         paths = [mount.wait_file(c) for c in cdrs]
         direct = Direct(self.sim)

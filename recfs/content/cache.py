@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITH
 
 # A repeated open within this many seconds does not rewrite the access time.
 _TOUCH_GRANULARITY = 10.0
+# Free space is looked up (statvfs) at least every this many bytes written.
+_RESTAT_BYTES = 4 << 20
 # At most one "over the limit" warning per this many seconds.
 _OVERSHOOT_REPORT_INTERVAL = 30.0
 
@@ -127,6 +129,10 @@ class DiskCache:
         self.overshoot_max = 0  # largest excess over max_bytes seen, in bytes
         self._last_overshoot_report = -_OVERSHOOT_REPORT_INTERVAL
         self._touched: dict[int, float] = {}
+        # Free space: statvfs at most every _RESTAT_BYTES written (less when close
+        # to the floor); in between, an estimate that counts our own writes.
+        self._free_estimate: int | None = None
+        self._written_since_stat = 0
 
     def close(self) -> None:
         self._db.close()
@@ -244,16 +250,24 @@ class DiskCache:
             offset += written
             self.partial_bytes += written
 
-    def _free_bytes(self) -> int:
-        st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize
+    def _free_bytes(self, incoming: int = 0) -> int:
+        """Free bytes on the cache filesystem, before *incoming* more are written."""
+        estimate = self._free_estimate
+        if (estimate is None or self._written_since_stat >= _RESTAT_BYTES
+                or estimate - incoming < self.min_free + _RESTAT_BYTES):
+            st = os.statvfs(self.root)
+            estimate = st.f_bavail * st.f_frsize
+            self._written_since_stat = 0
+        self._written_since_stat += incoming
+        self._free_estimate = estimate - incoming
+        return estimate
 
     def _make_room(self, incoming: int) -> None:
         need = 0
         if self.max_bytes is not None:
             need = self.used_bytes + incoming - self.max_bytes
         if self.min_free:
-            need = max(need, self.min_free - (self._free_bytes() - incoming))
+            need = max(need, self.min_free - (self._free_bytes(incoming) - incoming))
         if need <= 0:
             return
         self._evict(need, reason="cache limit")
@@ -293,6 +307,8 @@ class DiskCache:
                 log.debug("evicted %016x (%d bytes): %s", ino, gone, reason)
                 if freed >= need:
                     break
+        if freed:
+            self._free_estimate = None  # files went: look again next time
         return freed
 
     async def commit(self, ino: int, fd: int, size: int) -> None:
@@ -317,7 +333,14 @@ class DiskCache:
 
     async def reconcile(self) -> None:
         """After start-up: delete discarded partial files, adopt complete files the
-        index does not know, forget rows whose file is gone."""
+        index does not know, forget rows whose file is gone. Never fatal: the index
+        is a hint, and the mount must not die of a cache directory problem."""
+        try:
+            await self._reconcile()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("cache check after start-up failed: %s", exc)
+
+    async def _reconcile(self) -> None:
         for trash in self._trash:
             await trio.to_thread.run_sync(shutil.rmtree, trash, True)
         self._trash.clear()

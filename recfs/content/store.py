@@ -190,15 +190,10 @@ class ContentStore:
                 elif transfer.size != announced:
                     raise TransferFailed(f"PBX announced {announced} bytes, "
                                          f"but the recording is known to have {transfer.size}")
-            position = 0
             skip = transfer.have
 
-            async def pieces():
-                yield body.head
-                async for chunk in body.chunks():
-                    yield chunk
-
-            async for chunk in pieces():
+            def take(chunk: bytes, position: int) -> int:
+                # Plain function, no generator layer: this runs for every 16 KiB.
                 end = position + len(chunk)
                 if transfer.size is not None and end > transfer.size:
                     raise TransferFailed(f"PBX sent more than the announced {transfer.size} bytes")
@@ -207,7 +202,11 @@ class ContentStore:
                     self.cache.write(transfer.fd, memoryview(chunk)[start - position:], start)
                     self.bytes_downloaded += end - start
                     transfer.arrived(end)
-                position = end
+                return end
+
+            position = take(body.head, 0)
+            async for chunk in body.chunks():
+                position = take(chunk, position)
             if transfer.size is None:
                 transfer.announce_size(position)
             if position != transfer.size:

@@ -216,6 +216,17 @@ def test_a_full_cache_filesystem_evicts_or_fails_one_read(small_cache_fs, sim, m
         assert mount.wait_file(cdr).read_bytes() == sim.recording_bytes(cdr["recording"])
 
 
+def test_cache_min_free_keeps_room_on_the_filesystem(small_cache_fs, sim, mount_factory):
+    mount = mount_factory("prefetch=none", "cache_size=1G", "cache_min_free=600K")
+    cdrs = [sim.call(duration=12) for _ in range(6)]  # 192 kB each
+    for cdr in cdrs:
+        assert mount.wait_file(cdr).read_bytes() == sim.recording_bytes(cdr["recording"])
+        wait_for(lambda: partial_files(mount) == [], what="the commit")
+        st = os.statvfs(small_cache_fs)
+        assert st.f_bavail * st.f_frsize >= 600 * 1024 - 4096
+    assert 1 <= len(complete_files(mount)) <= 2
+
+
 # -- persistence --------------------------------------------------------------------
 
 def test_kill_9_mid_download_then_remount(sim, mount_factory):
