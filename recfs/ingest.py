@@ -77,7 +77,7 @@ class Ingest:
         self.added(rec)
         # DEBUG: a line per report would be most of the log, and of the cost, in a burst;
         # the counters (status, metrics) tell how many came.
-        log.debug("new recording %s/%s", rec.day.replace("-", "/"), rec.name)
+        log.info("new recording %s/%s", rec.day.replace("-", "/"), rec.name)
         return 200, "added"
 
     async def add_calls(self, calls: list[CallRecord]) -> tuple[int, int]:
