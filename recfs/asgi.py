@@ -16,8 +16,16 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+async def not_http(scope: dict[str, Any], receive: Receive, send: Send) -> bool:
+    """True when the scope is not an HTTP request (lifespan, websocket): it has then
+    been dealt with here, and the application has nothing to do."""
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+    return scope["type"] != "http"
+
+
 async def lifespan(receive: Receive, send: Send) -> None:
-    """Answer hypercorn's startup and shutdown: neither server has anything to do then."""
+    """Answer the server's startup and shutdown: recfs's apps have nothing to do then."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

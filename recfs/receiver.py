@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from recfs.asgi import lifespan
+from recfs.asgi import not_http
 from recfs.gate import ReportGate
 from recfs.http11 import serve_asgi
 from recfs.protocol.reports import MAX_REPORT_BYTES
@@ -33,10 +33,7 @@ class ReportApp:
         self.gate = gate
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if await not_http(scope, receive, send):
             return
         client = scope.get("client") or ("?", 0)
         peer = f"{client[0]}:{client[1]}"
@@ -89,10 +86,7 @@ class ReportRouter:
         self.apps = apps
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if await not_http(scope, receive, send):
             return
         last = scope.get("path", "").rstrip("/").rsplit("/", 1)[-1]
         for secret, app in self.apps.items():

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 import trio
 
-from recfs.asgi import Receive, Send, lifespan
+from recfs.asgi import Receive, Send, not_http
 from recfs.logs import redact
 from recfs.protocol.errors import NO_SUCH_FILE, failure_body
 from recfs.protocol.names import BadName, check_recording_name
@@ -156,10 +156,7 @@ class SimApp:
     # --- ASGI plumbing ------------------------------------------------------------
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
+        if await not_http(scope, receive, send):
             return
         body = await self._read_body(receive)
         client = scope.get("client")
