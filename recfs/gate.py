@@ -78,15 +78,19 @@ class ReportGate:
             log.info("accepting reports from %s", ", ".join(map(str, networks)))
             self.networks = networks
 
-    def refusal(self, peer_ip: str, path: str) -> str | None:
-        """Why a request must be refused, or None if it may be a report."""
+    def admits(self, peer_ip: str) -> bool:
+        """Whether *peer_ip* is one of the PBX's addresses."""
         try:
             address = ipaddress.ip_address(peer_ip.split("%")[0])
         except ValueError:
-            return "unknown peer address"
+            return False
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        if not any(address in network for network in self.networks):
+        return any(address in network for network in self.networks)
+
+    def refusal(self, peer_ip: str, path: str) -> str | None:
+        """Why a request must be refused, or None if it may be a report."""
+        if not self.admits(peer_ip):
             return f"{peer_ip} is not the PBX"
         if not secrets.compare_digest(path.rstrip("/").rsplit("/", 1)[-1], self.secret):
             return "wrong report path"

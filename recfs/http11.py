@@ -10,7 +10,10 @@ Limits: request head at most MAX_HEAD bytes (h11's limit, checked between reads 
 at most _CHUNK bytes) and complete within HEAD_TIMEOUT
 seconds (else 431 / 408 and close); an idle keep-alive connection is closed after
 KEEP_ALIVE seconds; at most MAX_CONNECTIONS connections at once (more wait in the
-kernel's backlog). The body deadline and size cap are the application's (receiver.py).
+kernel's backlog). When the caller says which peers it trusts (the PBX), everyone
+else shares a budget of MAX_OUTSIDERS connections and is closed at once beyond it,
+so that a flood of idle connections from elsewhere never keeps the PBX waiting. The
+body deadline and size cap are the application's (receiver.py).
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ import time
 from email.utils import formatdate
 from urllib.parse import unquote
 
+from collections.abc import Callable
+
 import h11
 import trio
+
+from recfs.logs import LogBudget
 
 MAX_HEAD = 16 * 1024
 HEAD_TIMEOUT = 10.0
 KEEP_ALIVE = 5.0
 GRACE = 1.0
 MAX_CONNECTIONS = 512  # well under the usual 1024 descriptors
+MAX_OUTSIDERS = 32
 BACKLOG = 1024
 _CHUNK = 16384  # also bounds how far a head may overshoot MAX_HEAD in one read
 _LINGER = 2.0
@@ -224,16 +232,20 @@ class _Connection:
 
 
 async def serve_asgi(app, sock: socket.socket, stop: trio.Event, log_name: str, *,
+                     trusted: Callable[[str], bool] | None = None,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve *app* on the bound *sock* (adopted, closed here) until *stop*; then let
-    requests in progress finish for GRACE seconds."""
+    requests in progress finish for GRACE seconds. *trusted*(peer address), when
+    given, tells the peers that get the large connection budget."""
     log = logging.getLogger(log_name)
     listener = trio.socket.from_stdlib_socket(sock)
     listener.listen(BACKLOG)
     server = tuple(listener.getsockname()[:2])
-    slots = trio.Semaphore(MAX_CONNECTIONS)
+    trusted_slots = trio.Semaphore(MAX_CONNECTIONS)
+    outsider_slots = trio.Semaphore(MAX_OUTSIDERS)
+    turned_away = LogBudget(log, "connections turned away: too many from untrusted peers")
 
-    async def connection(conn_sock, client) -> None:
+    async def connection(conn_sock, client, slots: trio.Semaphore) -> None:
         conn = _Connection(conn_sock, client, server, log)
         try:
             await conn.serve(app)
@@ -251,20 +263,32 @@ async def serve_asgi(app, sock: socket.socket, stop: trio.Event, log_name: str, 
                 task_status.started()
                 nursery.start_soon(_wait_then_cancel, stop, accepting)
                 while True:
-                    await slots.acquire()
                     try:
                         conn_sock, address = await listener.accept()
                     except OSError as exc:
-                        slots.release()
                         if exc.errno in _TRANSIENT_ACCEPT:
                             log.warning("cannot accept a connection: %s", exc)
                             await trio.sleep(0.1)
                             continue
                         raise
+                    client = tuple(address[:2])
+                    slots = trusted_slots
+                    try:
+                        if trusted is None or trusted(str(client[0])):
+                            # Full: the accept loop waits, and later peers wait in
+                            # the kernel's backlog.
+                            await trusted_slots.acquire()
+                        else:
+                            slots = outsider_slots
+                            outsider_slots.acquire_nowait()
+                    except trio.WouldBlock:
+                        turned_away.note("%s:%d", *client)
+                        conn_sock.close()
+                        continue
                     except BaseException:
-                        slots.release()
+                        conn_sock.close()
                         raise
-                    nursery.start_soon(connection, conn_sock, tuple(address[:2]))
+                    nursery.start_soon(connection, conn_sock, client, slots)
             listener.close()  # new connections are refused from now on
             nursery.cancel_scope.deadline = trio.current_time() + GRACE
 

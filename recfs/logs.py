@@ -93,6 +93,38 @@ class RecentProblems(logging.Handler):
 recent_problems = RecentProblems()
 
 
+class LogBudget:
+    """A warning that a peer can provoke at will (a refused connection, a forged
+    report) is logged at most *per_minute* times a minute; the rest are counted and
+    the count is logged when the next minute begins, so a flood cannot flood the log
+    (or the journal's rate limit, which would then swallow other lines)."""
+
+    WINDOW = 60.0
+
+    def __init__(self, logger: logging.Logger, what: str, per_minute: int = 10):
+        self._log = logger
+        self._what = what
+        self._per_window = per_minute
+        self._window_start = time.monotonic()
+        self._logged = 0
+        self._suppressed = 0
+
+    def note(self, detail: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.WINDOW:
+            if self._suppressed:
+                self._log.warning("%s: %d more in the last minute, not logged one by one",
+                                  self._what, self._suppressed)
+            self._window_start, self._logged, self._suppressed = now, 0, 0
+        if self._logged < self._per_window:
+            self._logged += 1
+            self._log.warning("%s: " + detail, self._what, *args)
+            if self._logged == self._per_window:
+                self._log.warning("%s: further ones this minute are only counted", self._what)
+        else:
+            self._suppressed += 1
+
+
 def setup_logging(level: str = "INFO", files: list[str] | None = None) -> None:
     """Log lines to stderr (and to *files*), every line through the redactor."""
     if os.environ.get("JOURNAL_STREAM") and not files:

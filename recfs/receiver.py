@@ -19,9 +19,11 @@ import trio
 from recfs.asgi import not_http
 from recfs.gate import ReportGate
 from recfs.http11 import serve_asgi
+from recfs.logs import LogBudget
 from recfs.protocol.reports import MAX_REPORT_BYTES
 
 log = logging.getLogger("recfs.receiver")
+_refused = LogBudget(log, "refused a request")
 
 Handler = Callable[[bytes, str], Awaitable[tuple[int, str]]]
 BODY_DEADLINE = 5
@@ -39,7 +41,7 @@ class ReportApp:
         peer = f"{client[0]}:{client[1]}"
         refusal = self.gate.refusal(str(client[0]), scope.get("path", ""))
         if refusal is not None:
-            log.warning("refused a request from %s: %s", peer, refusal)
+            _refused.note("from %s: %s", peer, refusal)
             await _reply(send, 403, "forbidden")
             return
         if scope["method"] != "POST":
@@ -94,8 +96,12 @@ class ReportRouter:
                 await app(scope, receive, send)
                 return
         client = scope.get("client") or ("?", 0)
-        log.warning("refused a request from %s:%s: wrong report path", client[0], client[1])
+        _refused.note("from %s:%s: wrong report path", client[0], client[1])
         await _reply(send, 403, "forbidden")
+
+    def trusts(self, peer_ip: str) -> bool:
+        """Whether *peer_ip* is any of the PBXs (the receiver's large connection budget)."""
+        return any(app.gate.admits(peer_ip) for app in self.apps.values())
 
 
 async def serve_reports(router: ReportRouter, sock: socket.socket, stop: trio.Event, *,
@@ -103,4 +109,5 @@ async def serve_reports(router: ReportRouter, sock: socket.socket, stop: trio.Ev
     """Serve on the bound *sock* until *stop* is set."""
     host, port = sock.getsockname()[:2]
     log.info("receiving PBX reports on %s:%d", host, port)
-    await serve_asgi(router, sock, stop, "recfs.receiver.server", task_status=task_status)
+    await serve_asgi(router, sock, stop, "recfs.receiver.server", trusted=router.trusts,
+                     task_status=task_status)

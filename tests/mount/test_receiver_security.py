@@ -65,3 +65,37 @@ def test_a_dribbling_client_is_cut_off(sim, mounted):
         assert time.monotonic() - started < 9
     # The mount and the receiver carry on.
     assert httpx.post(str(url), json=REPORT).status_code == 200
+
+
+def test_a_flood_from_elsewhere_does_not_keep_the_pbx_waiting(sim, mounted):
+    url = httpx.URL(receiver_url(mounted))
+    # More idle connections than the receiver would ever hold at once (512), from
+    # another host, each having sent half a request head and then nothing.
+    idle = []
+    try:
+        for _ in range(600):
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.settimeout(5)
+            sock.connect((url.host, url.port))
+            sock.sendall(b"POST /recfs/x HTTP/1.1\r\n")
+            idle.append(sock)
+        # The PBX is answered meanwhile, without waiting for any of them to time out.
+        assert httpx.post(str(url), json=REPORT, timeout=3).status_code == 200
+        # ... and after a burst of complete forged reports on top.
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"),
+                          timeout=5) as forger:
+            for _ in range(200):
+                try:
+                    assert forger.post(str(url), json=REPORT).status_code == 403
+                except httpx.TransportError:
+                    pass  # turned away at the door: just as good
+        assert httpx.post(str(url), json=REPORT, timeout=3).status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
+    assert sorted(p.name for p in mounted.path.iterdir()) == ["2024", "by-number", "by-type"]
+    log = mounted.log()
+    # The flood is visible in the log, but does not flood it.
+    assert "turned away" in log and "only counted" in log
+    assert log.count("refused a request") + log.count("turned away") < 40, log[-3000:]

@@ -52,3 +52,19 @@ def test_recent_problems_counts_the_last_hour(monkeypatch):
     assert any("expired" in m for m in messages)
     assert all("f00dfeed" not in m for m in messages)
     assert logs.recent_problems.last_hour(now=10**12) == []
+
+
+def test_a_log_budget_counts_what_it_does_not_log(monkeypatch, caplog):
+    clock = [1000.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: clock[0])
+    budget = logs.LogBudget(logging.getLogger("test.budget"), "refused", per_minute=3)
+    with caplog.at_level(logging.WARNING, logger="test.budget"):
+        for i in range(50):
+            budget.note("peer %d", i)
+        clock[0] += 61
+        budget.note("peer %d", 99)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["refused: peer 0", "refused: peer 1", "refused: peer 2",
+                     "refused: further ones this minute are only counted",
+                     "refused: 47 more in the last minute, not logged one by one",
+                     "refused: peer 99"]
