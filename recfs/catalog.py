@@ -291,10 +291,12 @@ class Catalog:
 
     def _entries(self, source: str, args: tuple, after_ino: int, limit: int) -> list[Recording]:
         rows = self._db.execute(
-            f"SELECT r.ino, r.name, r.day, r.epoch, r.size, r.added {source} AND r.ino > ? "
-            "ORDER BY r.ino LIMIT ?", (*args, after_ino, limit)).fetchall()
+            f"SELECT r.ino, r.name, r.day, r.epoch, r.size, r.added, r.caller, r.callee, r.type "
+            f"{source} AND r.ino > ? ORDER BY r.ino LIMIT ?", (*args, after_ino, limit)).fetchall()
+        # Only what a listing shows: the numbers and the type give the link count.
         return [Recording(ino, day, float(epoch if epoch is not None else added), size, added,
-                          CallRecord(name)) for ino, name, day, epoch, size, added in rows]
+                          CallRecord(name, caller=caller, callee=callee, type=type_))
+                for ino, name, day, epoch, size, added, caller, callee, type_ in rows]
 
     def numbers(self, after: int = 0, limit: int = 64) -> list[tuple[int, str, float]]:
         """(cursor, number, newest) for by-number/, in order of first appearance."""

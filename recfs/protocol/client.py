@@ -24,7 +24,7 @@ import trio
 
 from recfs.logs import forget_secret, register_secret
 from recfs.protocol.errors import BAD_CREDENTIALS, LOCKED_OUT, PbxError
-from recfs.protocol.tls import pbx_transport
+from recfs.protocol.tls import TlsSessions, pbx_transport
 
 log = logging.getLogger("recfs.pbx")
 
@@ -226,10 +226,11 @@ class PbxClient:
         self.handshakes = 0
         self.last_interaction: float | None = None
         timeout = httpx.Timeout(io_timeout, connect=connect_timeout)
+        self.tls: TlsSessions | None = None
         if transport is None:
             # Every PBX connection on recfs's own trio backend (OpenSSL on the
             # socket; protocol/tls.py), with the pin checked when there is one.
-            transport = pbx_transport(verify, fingerprint)
+            transport, self.tls = pbx_transport(verify, fingerprint)
         self._http = httpx.AsyncClient(
             verify=verify,
             timeout=timeout,

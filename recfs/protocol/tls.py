@@ -32,6 +32,15 @@ import trio
 _READ_MAX = 256 * 1024
 
 
+
+class TlsSessions(dict[tuple[ssl.SSLContext, tuple[str, int] | None], ssl.SSLSession]):
+    """The last TLS session per (context, PBX address), offered to the next
+    connection; and how many handshakes there were, and how many of them resumed."""
+
+    handshakes = 0
+    resumed = 0
+
+
 class PinMismatch(httpcore.ConnectError):
     pass
 
@@ -72,9 +81,12 @@ class _SocketStream(httpcore.AsyncNetworkStream):
     further locking. Every call is a trio checkpoint, also when the bytes are
     already there: a fast PBX must not starve the FUSE requests on the same loop."""
 
-    def __init__(self, sock: socket.socket, pin: bytes | None):
+    def __init__(self, sock: socket.socket, pin: bytes | None,
+                 sessions: TlsSessions | None = None, peer: tuple[str, int] | None = None):
         self._sock = sock
         self._pin = pin
+        self._sessions = sessions
+        self._peer = peer
         self._closed = False
         self._buffer = bytearray(_READ_MAX)
 
@@ -169,14 +181,16 @@ class _SocketStream(httpcore.AsyncNetworkStream):
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        key = (ssl_context, self._peer)
+        session = self._sessions.get(key) if self._sessions is not None else None
         try:
             tls = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname,
-                                          do_handshake_on_connect=False)
+                                          do_handshake_on_connect=False, session=session)
         except (OSError, ValueError) as exc:
             await self.aclose()
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         self._closed = True  # the plain socket's descriptor now belongs to `tls`
-        stream = _SocketStream(tls, self._pin)
+        stream = _SocketStream(tls, self._pin, self._sessions, self._peer)
         try:
             with trio.fail_after(_deadline(timeout)):
                 while True:
@@ -201,13 +215,36 @@ class _SocketStream(httpcore.AsyncNetworkStream):
             if der is None or hashlib.sha256(der).digest() != self._pin:
                 await stream.aclose()
                 raise PinMismatch("the PBX's certificate does not match the pinned fingerprint")
+        stream._session_key = key  # a session worth offering again
+        if self._sessions is not None:
+            self._sessions.handshakes += 1
+            self._sessions.resumed += tls.session_reused
         return stream
 
     def _close_now(self) -> None:
         if not self._closed:
             self._closed = True
+            self._keep_session()
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
+
+    _session_key: tuple[ssl.SSLContext, tuple[str, int] | None] | None = None
+
+    def _keep_session(self) -> None:
+        """Remember the TLS session for the next connection to this PBX (read at
+        the end: TLS 1.3 tickets arrive after the handshake)."""
+        sock = self._sock
+        if self._sessions is None or self._session_key is None or \
+                not isinstance(sock, ssl.SSLSocket):
+            return
+        try:
+            if sock.session_reused:
+                return  # the session already remembered is still good
+            session = sock.session
+        except (OSError, ValueError):
+            return
+        if session is not None:
+            self._sessions[self._session_key] = session
 
     def get_extra_info(self, info: str) -> typing.Any:
         sock = self._sock
@@ -232,10 +269,18 @@ class _SocketStream(httpcore.AsyncNetworkStream):
 
 class _SocketBackend(httpcore.AsyncNetworkBackend):
     """httpcore backend for trio over `_SocketStream`; *pin* is checked after each
-    TLS handshake when given."""
+    TLS handshake when given.
+
+    The PBX closes every connection after one response, so each API call would
+    cost a full TLS handshake (two per recording: get_random, download); the
+    last session of each PBX address is offered again for an abbreviated one.
+    The certificate checks (CA, host name or pin) are those of the session's
+    first, full handshake, whose certificate the session carries; the pin is
+    checked again on every connection all the same."""
 
     def __init__(self, pin: bytes | None = None):
         self._pin = pin
+        self.sessions = TlsSessions()
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         try:
@@ -255,7 +300,7 @@ class _SocketBackend(httpcore.AsyncNetworkBackend):
         except OSError as exc:
             sock.close()
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        return _SocketStream(sock, self._pin)
+        return _SocketStream(sock, self._pin, self.sessions, (host, port))
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):
         raise httpcore.ConnectError("unix sockets are not used for the PBX")
@@ -265,10 +310,10 @@ class _SocketBackend(httpcore.AsyncNetworkBackend):
 
 
 def pbx_transport(verify: ssl.SSLContext | bool, pin: bytes | None = None
-                  ) -> httpx.AsyncHTTPTransport:
+                  ) -> tuple[httpx.AsyncHTTPTransport, TlsSessions]:
     """The httpx transport for a PBX: every connection on `_SocketBackend`, the pin
     (if any) checked after the handshake, no keep-alive (the PBX closes after every
-    response).
+    response); and its TLS session memory, with the handshake counts.
 
     httpx has no public hook for the network backend, so the transport's pool is
     replaced by an equivalent one built on that backend (tested in
@@ -277,8 +322,9 @@ def pbx_transport(verify: ssl.SSLContext | bool, pin: bytes | None = None
     assert pin is None or isinstance(verify, ssl.SSLContext)
     context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
     transport = httpx.AsyncHTTPTransport(verify=context)
+    backend = _SocketBackend(pin)
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=context, max_connections=100, max_keepalive_connections=0,
-        http1=True, http2=False, network_backend=_SocketBackend(pin))
-    return transport
+        http1=True, http2=False, network_backend=backend)
+    return transport, backend.sessions
 

@@ -142,8 +142,19 @@ class RecordingsFs:
     def _file_attributes(self, rec: Recording, size: int | None) -> Attributes:
         # An unknown size is only ever shown with timeout 0, so the kernel asks
         # again (and then waits for the real size) before anyone can use it.
-        return Attributes(rec.ino, self.owner.file_mode, 1, size or 0, self.owner.uid,
-                          self.owner.gid, rec.mtime, FILE_TIMEOUT if size is not None else 0.0)
+        return Attributes(rec.ino, self.owner.file_mode, self._links(rec), size or 0,
+                          self.owner.uid, self.owner.gid, rec.mtime,
+                          FILE_TIMEOUT if size is not None else 0.0)
+
+    def _links(self, rec: Recording) -> int:
+        """How many directories list the recording: its day, and with the views its
+        type's day and the directory of each number that took part. The names are
+        hard links of one inode, and saying so lets `cp -a`, `tar` and `rsync -H`
+        keep one copy of the bytes instead of one for each view."""
+        if self.tree.by_number is None:
+            return 1
+        numbers = {n for n in (rec.call.caller, rec.call.callee) if n and _dir_name_ok(n)}
+        return 1 + int(_dir_name_ok(rec.call.type)) + len(numbers)
 
     async def _exact_file_attributes(self, rec: Recording) -> Attributes:
         try:

@@ -22,7 +22,34 @@ def test_views_share_inodes_with_the_date_tree(sim, mount_factory):
     assert "Outbound" in os.listdir(mount.p("by-type"))
     found = subprocess.run(["find", str(mount.path), "-inum", str(ino)], capture_output=True,
                            text=True, check=True).stdout.split()
-    assert len(found) == 4
+    assert len(found) == 4 == path.stat().st_nlink
+
+
+def test_copying_the_whole_mount_keeps_one_copy_of_each_recording(sim, mount_factory):
+    # The views name each recording four times; as hard links, tools that copy or
+    # archive trees keep its bytes once.
+    mount = mount_factory()
+    cdrs = [sim.call(duration=3, caller=f"100{i}", callee="0612345678", type="Inbound")
+            for i in range(3)]
+    for cdr in cdrs:
+        mount.wait_file(cdr)
+    recordings = sum(len(sim.recording_bytes(c["recording"])) for c in cdrs)
+    copy = mount.workdir / "cp-a"
+    subprocess.run(["cp", "-a", f"{mount.path}/.", str(copy)], check=True, timeout=60)
+    du = int(subprocess.run(["du", "-sb", str(copy)], capture_output=True, text=True,
+                            check=True).stdout.split()[0])
+    assert recordings <= du < recordings + 256 * 1024
+    for cdr in cdrs:
+        copied = copy / "by-number" / cdr["callfrom"] / cdr["recording"]
+        assert copied.stat().st_nlink == 4
+        assert copied.read_bytes() == sim.recording_bytes(cdr["recording"])
+    archive = mount.workdir / "all.tar"
+    subprocess.run(["tar", "-C", str(mount.path), "-cf", str(archive), "."], check=True,
+                   timeout=60)
+    assert recordings <= archive.stat().st_size < recordings + 256 * 1024
+    listing = subprocess.run(["tar", "-tvf", str(archive)], capture_output=True, text=True,
+                             check=True).stdout
+    assert listing.count(" link to ") == 3 * len(cdrs)
 
 
 def test_rsync_aX_keeps_the_cdr_attributes(sim, mount_factory):

@@ -270,8 +270,13 @@ async def test_views_list_the_same_files_with_the_same_inodes(world):
     assert sorted(c for _n, _a, c in fs.readdir(both.ino, 0)) == sorted([rec.ino, other.ino])
     with pytest.raises(FsError):
         await fs.lookup(numbers.ino, "9999")
-    # Hostile types and numbers never become directories.
-    add(fs, CallRecord(name="x.wav", timestart="2024-06-10 10:00:00", type="..", caller="a/b"))
+    # Each name is a hard link: the day, the type's day, each number's directory.
+    assert (await fs.lookup(by_type.ino, NAME)).nlink == 4
+    # Hostile types and numbers never become directories (nor links).
+    odd = add(fs, CallRecord(name="x.wav", timestart="2024-06-10 10:00:00", type="..",
+                             caller="a/b", callee="2001"))
+    fs.catalog.set_size(odd.ino, 10)
+    assert (await fs.getattr(odd.ino)).nlink == 2
     assert "a/b" not in [n for n, _a, _c in fs.readdir(numbers.ino, 0)]
     assert ".." not in [n for n, _a, _c in fs.readdir((await path_attrs(fs, "by-type")).ino, 0)]
 

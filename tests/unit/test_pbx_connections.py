@@ -1,0 +1,85 @@
+"""recfs's own connections to the PBX (protocol/tls.py) against the simulator over
+real HTTPS in-process: bodies arrive whole, TLS sessions are resumed, the pin is
+checked on every connection, and a silent PBX times out."""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+
+import httpx
+import pytest
+import trio
+
+from recfs.protocol.tls import pbx_transport, verification
+from recfs.sim.tls import client_context
+from tests.sim_helpers import download, get_random, http_client, login, make_call, start_sim
+
+
+@pytest.fixture
+async def sim(nursery, tmp_path):
+    info = await start_sim(nursery, data_dir=tmp_path / "pbx", cert_dir=tmp_path / "cert")
+    yield info
+    info.stop()
+
+
+def pin_of(sim) -> bytes:
+    der = ssl.PEM_cert_to_DER_cert(open(sim.ca_file).read())
+    return hashlib.sha256(der).digest()
+
+
+async def fetch_twice(sim, transport) -> list[bytes]:
+    async with http_client(sim) as admin:
+        cdr = await make_call(admin, duration=6)
+    bodies = []
+    async with httpx.AsyncClient(base_url=sim.base_url, transport=transport, timeout=10) as pbx:
+        token = await login(pbx)
+        for _ in range(2):
+            random = await get_random(pbx, token, cdr["recording"])
+            reply = await download(pbx, token, cdr["recording"], random)
+            bodies.append(reply.content)
+    expected = (sim.data_dir / "recordings" / cdr["recording"]).read_bytes()
+    assert bodies == [expected, expected]
+    return bodies
+
+
+async def test_bodies_arrive_whole_and_sessions_are_resumed(sim):
+    transport, sessions = pbx_transport(client_context(sim.ca_file))
+    await fetch_twice(sim, transport)
+    # login, and get_random + download twice: five connections, the PBX closing each.
+    assert sessions.handshakes == 5
+    assert sessions.resumed >= 3
+
+
+async def test_the_pin_is_checked_on_resumed_connections_too(sim):
+    transport, sessions = pbx_transport(verification(None, False, pin_of(sim)), pin_of(sim))
+    await fetch_twice(sim, transport)
+    assert sessions.resumed >= 3
+    wrong, wrong_sessions = pbx_transport(verification(None, False, b"\0" * 32), b"\0" * 32)
+    # The session memory is per transport: a wrong pin never gets a session to offer.
+    async with httpx.AsyncClient(base_url=sim.base_url, transport=wrong) as pbx:
+        with pytest.raises(httpx.ConnectError, match="pinned fingerprint"):
+            await pbx.post("/api/v2.0.0/login", json={})
+    assert wrong_sessions.handshakes == 0 and not wrong_sessions
+
+
+async def test_a_silent_server_times_out(nursery):
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted = []
+
+    async def accept_and_say_nothing():
+        sock, _ = await listener.accept()
+        accepted.append(sock)
+
+    nursery.start_soon(accept_and_say_nothing)
+    transport, _ = pbx_transport(ssl.create_default_context())
+    async with httpx.AsyncClient(transport=transport, timeout=0.5) as pbx:
+        with trio.fail_after(5):
+            with pytest.raises(httpx.ConnectTimeout):
+                await pbx.get(f"https://127.0.0.1:{port}/")
+            with pytest.raises(httpx.ReadTimeout):
+                await pbx.get(f"http://127.0.0.1:{port}/")
+    listener.close()
