@@ -213,11 +213,12 @@ class Bench:
         self.work = work
         self.quick = quick
         self.sim = Sim(work / "sim")
+        self.bulk_sim = None
         self.mounts = []
 
-    def mount(self, name: str, *options: str):
+    def mount(self, name: str, *options: str, sim=None):
         from conftest import Mount
-        mount = Mount(self.sim, self.work / name, "prefetch=none", *options)
+        mount = Mount(sim or self.sim, self.work / name, "prefetch=none", *options)
         self.mounts.append(mount)
         return mount
 
@@ -225,6 +226,8 @@ class Bench:
         for mount in self.mounts:
             mount.cleanup()
         self.sim.close()
+        if self.bulk_sim is not None:
+            self.bulk_sim.close()
 
     def listed(self, mount, cdrs, timeout: float = 120):
         """The calls whose recordings the mount lists, after waiting up to *timeout*."""
@@ -344,30 +347,32 @@ class Bench:
     def bulk(self) -> None:
         count = 100 if self.quick else 500
         print(f"bulk copy of {count} uncached recordings (200 KiB-5 MiB), max_downloads=2")
-        mount = self.mount("bulk", "max_downloads=2")
+        # A PBX of its own, holding just these recordings: the tree rsync copies
+        # and the names the curl loop fetches are the same set.
+        from conftest import Sim
+        sim = self.bulk_sim = Sim(self.work / "bulk-sim")
+        mount = self.mount("bulk", "max_downloads=2", sim=sim)
         rng = random.Random(7)
-        cdrs = [self.sim.call(duration=rng.randint(13, 327)) for _ in range(count)]
+        cdrs = [sim.call(duration=rng.randint(13, 327)) for _ in range(count)]
         cdrs = self.listed(mount, cdrs)
-        # rsync copies the whole date tree, which also lists the recordings of the
-        # benchmarks before this one: the curl loop fetches exactly the same set.
-        sizes = self.sim.recordings()
+        sizes = sim.recordings()
         count = len(sizes)
         total = sum(entry["size"] for entry in sizes.values())
         names = sorted(sizes)
-        self.sim.http.post("/sim/reset-stats").raise_for_status()
+        sim.http.post("/sim/reset-stats").raise_for_status()
         target = self.work / "rsync-out"
         # The date tree: the views name the same files again (as hard links).
         r = timed(lambda: subprocess.run(["rsync", "-a", "--exclude=/by-type", "--exclude=/by-number",
                                           f"{mount.path}/", f"{target}/"], check=True))
-        peak = self.sim.stats()["downloads_max_concurrent"]
-        downloads = sum(self.sim.stats()["downloads"].values())
+        peak = sim.stats()["downloads_max_concurrent"]
+        downloads = sum(sim.stats()["downloads"].values())
         copied = {p.name: p for p in target.rglob("*") if p.is_file()}
         bad = [name for name in names
-               if name not in copied or copied[name].read_bytes() != self.truth(name)]
+               if name not in copied or copied[name].read_bytes() != sim.recording_bytes(name)]
         shutil.rmtree(target)
         out = self.work / "curl-out"
         out.mkdir()
-        direct = Direct(self.sim)
+        direct = Direct(sim)
         try:
             c = timed(lambda: [direct.curl(n, str(out / n)) for n in names])
         finally:
@@ -461,11 +466,11 @@ class Bench:
         t = timed(mount.start)
         line("clean remount (process start to mounted)", f"{t * 1000:8.0f} ms")
         name = self.bulk_names[0]
-        before = self.sim.stats()["downloads"].get(name, 0)
+        before = self.bulk_sim.stats()["downloads"].get(name, 0)
         path = next(mount.path.rglob(name))
         path.read_bytes()
         line("a cached file read after the remount", "PBX downloads +"
-             f"{self.sim.stats()['downloads'].get(name, 0) - before}")
+             f"{self.bulk_sim.stats()['downloads'].get(name, 0) - before}")
         mount.proc.send_signal(signal.SIGKILL)
         mount.proc.wait(10)
         subprocess.run(["fusermount3", "-uz", str(mount.path)], check=True)
