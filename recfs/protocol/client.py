@@ -238,6 +238,9 @@ class PbxClient:
             # The PBX closes after every response; a pool would only hold dead sockets.
             limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": "recfs"},
+            # No proxy, netrc or certificate settings from the environment: what
+            # reaches the PBX, and how it is verified, is what the mount says.
+            trust_env=False,
         )
 
     # -- session -------------------------------------------------------------

@@ -87,22 +87,25 @@ def test_lockout_makes_reads_fail_fast_without_more_logins(sim, tmp_path):
         mount.cleanup()
 
 
-def test_wrong_password_at_mount_then_corrected(sim, tmp_path):
+def test_a_wrong_password_is_tried_once_then_the_corrected_one_is_used(sim, tmp_path):
     mount = Mount(sim, tmp_path / "pw", "prefetch=none")
     try:
+        cdr = sim.call(duration=2)
+        path = mount.wait_file(cdr)  # listed, not downloaded (prefetch=none)
         password_file = mount.workdir / "password"
         password_file.write_text("wrong\n")
-        # The mount came up already (it does not need the PBX); make it log in again.
+        # The PBX forgets the session; the next call to it (this read's get_random)
+        # finds the token dead and logs in again, with the wrong password.
         sim.http.post("/sim/expire-tokens").raise_for_status()
-        cdr = sim.call(duration=2)  # reported to the live session... which is now dead
-        wait_for(lambda: sim.stats()["failed_logins"] >= 1 or sim.stats()["logins"] >= 2, 30,
-                 what="a login attempt")
-        assert sim.stats()["failed_logins"] >= 1
+        with pytest.raises(OSError) as raised:
+            path.read_bytes()
+        assert raised.value.errno == errno.EIO
+        wait_for(lambda: sim.stats()["failed_logins"] >= 1, 10, what="a failed login")
         time.sleep(3)
         assert sim.stats()["failed_logins"] == 1, "no hurried second try with the same password"
         password_file.write_text(sim.password + "\n")
         wait_for(lambda: sim.stats()["logins"] >= 2, 20, what="login with the corrected password")
-        assert cdr["recording"]
+        assert read_after_recovery(path) == sim.recording_bytes(cdr["recording"])
     finally:
         mount.cleanup()
     assert "Traceback" not in mount.log()

@@ -63,3 +63,17 @@ def test_malformed_fingerprint_is_refused(sim, tmp_path, bad):
     from conftest import Mount
     with pytest.raises(AssertionError, match="fingerprint"):
         Mount(sim, tmp_path / "b", f"fingerprint={bad}").cleanup()
+
+
+def test_proxy_settings_in_the_environment_are_not_used(sim, tmp_path):
+    # A proxy would sit between the pin and the PBX (and see every random): recfs
+    # talks to the PBX directly whatever the environment says.
+    from conftest import Mount
+    dead = "http://127.0.0.1:9"
+    mount = Mount(sim, tmp_path / "p", "prefetch=none", f"fingerprint={sim_fingerprint(sim)}",
+                  env={"HTTPS_PROXY": dead, "https_proxy": dead, "ALL_PROXY": dead})
+    try:
+        cdr = sim.call(duration=2)
+        assert mount.wait_file(cdr).read_bytes() == sim.recording_bytes(cdr["recording"])
+    finally:
+        mount.cleanup()
