@@ -26,7 +26,7 @@ Try, in another terminal:
   find {mnt} -name '*.wav' | head -1 | xargs sox --i          # WAV details
   find {mnt} -name '*.wav' | head -1 | xargs ffplay -nodisp -autoexit   # listen
   getfattr -d "$(find {mnt} -name '*.wav' | head -1)"          # the call's CDR
-  rsync -a {mnt}/ /tmp/recfs-backup/                           # a backup
+  rsync -aHX {mnt}/ /tmp/recfs-backup/                         # a backup (-H: the views are hard links)
 
 State, cache and log live in {work}. Ctrl-C unmounts and cleans up.
 """
