@@ -33,7 +33,7 @@ import trio
 from recfs.logs import LogBudget
 
 MAX_HEAD = 16 * 1024
-HEAD_TIMEOUT = 10.0
+HEAD_TIMEOUT = 5.0  # "a few seconds": a PBX sends its report head in one packet
 KEEP_ALIVE = 5.0
 GRACE = 1.0
 MAX_CONNECTIONS = 512  # well under the usual 1024 descriptors

@@ -7,6 +7,7 @@ import socket
 import time
 
 import httpx
+import pytest
 
 from conftest import receiver_url
 
@@ -39,17 +40,20 @@ def test_report_from_widens_who_may_report(sim, mount_factory):
     assert post_from("127.0.0.2", receiver_url(mount), REPORT) == 200
 
 
-def test_a_dribbling_client_is_cut_off(sim, mounted):
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_a_dribbling_client_is_cut_off(sim, mounted, part):
     url = httpx.URL(receiver_url(mounted))
+    head = (f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: application/json\r\nContent-Length: 500\r\n")
     with socket.create_connection((url.host, url.port)) as sock:
-        sock.sendall(f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: x\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n".encode())
+        # A byte every half second: never idle, never done.
+        sock.sendall(head.encode() + (b"\r\n" if part == "body" else b"X-Slow: "))
         sock.settimeout(30)
         started = time.monotonic()
         reply = b""
         for _ in range(20):
             try:
-                sock.sendall(b" ")
+                sock.sendall(b" " if part == "body" else b"a")
             except OSError:
                 break
             time.sleep(0.5)
