@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram, make_asgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from recfs.asgi import serve_on
+from recfs.asgi import not_http, serve_on
 
 log = logging.getLogger("recfs.metrics")
 
@@ -55,11 +55,11 @@ class _StateCollector(Collector):
         labelled = any(name for name, _s in self.sources)
         families: dict[str, Any] = {}
 
-        def add(kind, name: str, doc: str, value: float, pbx: str, **labels: str) -> None:
+        def add(family_type, name: str, doc: str, value: float, pbx: str, **labels: str) -> None:
             family = families.get(name)
             if family is None:
                 names = (["pbx"] if labelled else []) + list(labels)
-                family = families[name] = kind(name, doc, labels=names)
+                family = families[name] = family_type(name, doc, labels=names)
             family.add_metric(([pbx] if labelled else []) + list(labels.values()), value)
 
         counter, gauge = CounterMetricFamily, GaugeMetricFamily
@@ -73,6 +73,12 @@ class _StateCollector(Collector):
             add(counter, "recfs_pbx_logins", "Successful PBX logins", s.client.logins, pbx)
             add(counter, "recfs_pbx_handshakes", "get_random handshakes for recordings",
                 getattr(s.client, "handshakes", 0), pbx)
+            tls = s.client.tls
+            if tls is not None:
+                add(counter, "recfs_pbx_tls_handshakes", "TLS handshakes with the PBX, by kind",
+                    tls.handshakes - tls.resumed, pbx, kind="full")
+                add(counter, "recfs_pbx_tls_handshakes", "TLS handshakes with the PBX, by kind",
+                    tls.resumed, pbx, kind="resumed")
             add(gauge, "recfs_pbx_logged_in", "1 while a PBX session is live",
                 1 if s.client.logged_in else 0, pbx)
             add(counter, "recfs_downloads", "Recording downloads", content.downloads_completed,
@@ -105,5 +111,11 @@ async def serve_metrics(metrics: Metrics, sock: socket.socket, stop: trio.Event,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
     host, port = sock.getsockname()[:2]
     log.info("serving metrics on http://%s:%d/metrics", host, port)
-    await serve_on(make_asgi_app(metrics.registry), sock, stop, "recfs.metrics.server",
-                   task_status=task_status)
+    prometheus = make_asgi_app(metrics.registry)
+
+    async def app(scope, receive, send) -> None:
+        # prometheus_client's app knows no lifespan: hypercorn would warn at every start.
+        if not await not_http(scope, receive, send):
+            await prometheus(scope, receive, send)
+
+    await serve_on(app, sock, stop, "recfs.metrics.server", task_status=task_status)

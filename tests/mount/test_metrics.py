@@ -35,6 +35,11 @@ def test_metrics_count_what_happened(sim, mount_factory):
     assert value(text, "recfs_reports_total", '{outcome="added"}') == 1
     assert value(text, "recfs_pbx_logins_total") >= 1
     assert value(text, "recfs_pbx_handshakes_total") == 1
+    # login, get_random, download at least, each on its own connection: all but the
+    # first TLS handshake resumed.
+    full = value(text, "recfs_pbx_tls_handshakes_total", '{kind="full"}')
+    resumed = value(text, "recfs_pbx_tls_handshakes_total", '{kind="resumed"}')
+    assert full >= 1 and resumed >= 2
     assert value(text, "recfs_downloads_total", '{result="completed"}') == 1
     assert value(text, "recfs_download_bytes_total") == len(data)
     assert value(text, "recfs_cache_misses_total") == 1
@@ -46,3 +51,4 @@ def test_metrics_count_what_happened(sim, mount_factory):
     from conftest import receiver_url
     httpx.post(receiver_url(mount), content=b"garbage")
     assert value(httpx.get(url).text, "recfs_reports_total", '{outcome="rejected"}') == 1
+    assert "Lifespan" not in mount.log()
