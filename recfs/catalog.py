@@ -274,9 +274,9 @@ class Catalog:
         return [self._recording(r) for r in rows]
 
     def day_entries(self, day: str, after_ino: int = 0, limit: int = 64) -> list[Recording]:
-        """Like in_day, for listings: only what a directory entry needs (the call
-        record carries just the name), fetched in small batches, since the kernel
-        asks for a few dozen entries at a time."""
+        """Like in_day, for listings: only what a directory entry needs (of the call
+        record: the name, the numbers and the type), fetched in small batches, since
+        the kernel asks for a few dozen entries at a time."""
         return self._entries("FROM recordings r WHERE r.day = ?", (day,), after_ino, limit)
 
     def type_day_entries(self, type_: str, day: str, after_ino: int = 0,

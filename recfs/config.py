@@ -26,7 +26,7 @@ _IGNORED = {"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "d
 _IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")
 
 _FLAGS = {"insecure", "allow_other", "allow_root", "foreground"}
-_INTS = {"max_downloads", "uid", "gid", "heartbeat"}
+_INTS = {"max_downloads", "readahead", "uid", "gid", "heartbeat"}
 _FLOATS = {"io_timeout", "backfill_interval"}
 _STRINGS = {"user", "password_file", "api_version", "cafile", "fingerprint", "listen",
             "report_url", "report_from", "metrics", "views",
@@ -59,6 +59,7 @@ class MountOptions:
     cache_size: str | None = None  # SIZE (20G, 512M) or N% of the cache filesystem
     cache_min_free: str | None = None  # likewise; None = the defaults in recfs/content/cache.py
     max_downloads: int = 2
+    readahead: int = 1  # downloads each open earns while a tool copies a day's files
     io_timeout: float = 30.0
     heartbeat: int = 300
     backfill_interval: float = 600.0  # re-check recent CDR history this often
@@ -295,6 +296,8 @@ def _checked(key: str, value: object) -> object:
         raise OptionError("backfill_interval must be at least 1 second")
     if key == "max_downloads" and int(value) < 1:  # type: ignore[arg-type]
         raise OptionError("max_downloads must be at least 1")
+    if key == "readahead" and not 0 <= int(value) <= 16:  # type: ignore[arg-type]
+        raise OptionError("readahead must be from 0 to 16")
     return value
 
 

@@ -62,7 +62,8 @@ class PbxService:
             io_timeout=opts.io_timeout,
         )
         self.content = ContentStore(self.catalog, self.cache, self.client,
-                                    DownloadPolicy(max_downloads=opts.max_downloads))
+                                    DownloadPolicy(max_downloads=opts.max_downloads,
+                                                   readahead=opts.readahead))
         self.fs = RecordingsFs(self.catalog, self.content, owner, views=opts.views == "all",
                                top=name)
         self.clock = PbxClock(_stored_offset(self.catalog),

@@ -18,12 +18,16 @@ import trio
 
 from recfs.catalog import Catalog, Recording
 from recfs.content.cache import CacheFull, DiskCache
+from recfs.content.readahead import ReadAhead
 from recfs.content.slots import Slots
 from recfs.content.transfer import Transfer, TransferFailed
 from recfs.protocol.client import PbxClient
 from recfs.protocol.errors import BAD_CREDENTIALS, LOCKED_OUT, NO_SUCH_FILE, PbxError
 
 log = logging.getLogger("recfs.content")
+
+
+READAHEAD_MIN_CACHE = 64 << 20  # smaller caches get no read-ahead
 
 
 @dataclass
@@ -34,6 +38,8 @@ class DownloadPolicy:
     # After a transfer gave up, reads of that recording fail at once for this long
     # (the kernel re-issues a failed read-ahead: that must not start it all over).
     failure_memory: float = 2.0
+    # Background downloads each open earns while a tool walks a day (readahead.py).
+    readahead: int = 1
 
 
 class ContentStore:
@@ -59,6 +65,11 @@ class ContentStore:
         self.cache_hits = 0
         self.cache_misses = 0
         self.download_latency: Callable[[float], None] | None = None
+        # A file fetched ahead must still be there when the walk reaches it: in a
+        # cache that holds only a few recordings it would push out the ones in use.
+        small = cache.max_bytes is not None and cache.max_bytes < READAHEAD_MIN_CACHE
+        self.readahead = ReadAhead(catalog, self._worth_fetching, self.prefetch,
+                                   0 if small else self.policy.readahead)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Hold the transfers and prefetch workers; runs until cancelled."""
@@ -99,7 +110,12 @@ class ContentStore:
     def open(self, rec: Recording) -> "OpenRecording":
         handle = OpenRecording(self, rec)
         handle.attach()
+        self.readahead.opened(rec, hit=handle.transfer is None)
         return handle
+
+    def _worth_fetching(self, rec: Recording) -> bool:
+        return not (self.cache.is_cached(rec.ino) or rec.ino in self.transfers
+                    or rec.ino in self._failed)
 
     def prefetch(self, rec: Recording) -> None:
         self._prefetch_send.send_nowait(rec)

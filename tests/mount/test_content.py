@@ -133,6 +133,22 @@ def test_a_reader_goes_before_the_prefetch_backlog(sim, mount_factory):
     assert sim.stats()["downloads_max_concurrent"] == 1
 
 
+@pytest.mark.parametrize("readahead", [1, 0])
+def test_a_tool_copying_a_day_file_by_file_keeps_two_transfers_busy(sim, mount_factory,
+                                                                    readahead):
+    mount = mount_factory("prefetch=none", "max_downloads=2", f"readahead={readahead}")
+    cdrs = [sim.call(duration=5) for _ in range(6)]  # 80 kB each
+    paths = [mount.wait_file(c) for c in cdrs]
+    sim.http.post("/sim/reset-stats").raise_for_status()
+    sim.faults(throttle=200_000)  # ~0.4 s a download
+    for path in sorted(paths):  # one file at a time, in name order, as rsync copies
+        assert path.read_bytes() == sim.recording_bytes(path.name)
+    stats = sim.stats()
+    assert [stats["downloads"].get(c["recording"]) for c in cdrs] == [1] * 6
+    # The tool had one file open at a time; read-ahead used the second transfer.
+    assert stats["downloads_max_concurrent"] == (2 if readahead else 1)
+
+
 # -- the bounded cache ----------------------------------------------------------------
 
 def test_cache_size_is_kept_least_recently_used_go_first(sim, mount_factory):
