@@ -17,6 +17,7 @@ it prints figures, and a ratio against its baseline for each.
   bulk     rsync -a of N uncached recordings (200 KiB-5 MiB), vs a curl loop
            (get_random + download per name); peak transfers at the simulator
   slowpbx  the same (100 recordings) with the PBX sending each download at 16 MiB/s
+  seqcopy  cp -r of 100 uncached recordings from that slow PBX, readahead=1 vs 0
   many     50 readers of 50 recordings, and 20 readers of one: bytes, downloads
            per recording, peak RSS of recfs
   cap      cache_size=50M fed 500 MiB: the largest du seen, reads checked
@@ -359,6 +360,42 @@ class Bench:
         mount.cleanup()
         sim.close()
 
+    def seqcopy(self) -> None:
+        rate, count = 16 * MiB, (30 if self.quick else 100)
+        print(f"cp -r of {count} uncached recordings, one file at a time, from a PBX sending "
+              f"each download at {rate // MiB} MiB/s: readahead=1 (default) vs readahead=0")
+        from conftest import Sim
+        sim = Sim(self.work / "seqcopy-sim")
+        mounts = {}
+        try:
+            mounts = {n: self.mount(f"seqcopy-{n}", "max_downloads=2", f"readahead={n}", sim=sim)
+                      for n in (0, 1)}
+            rng = random.Random(7)
+            cdrs = [sim.call(duration=rng.randint(13, 327)) for _ in range(count)]
+            for mount in mounts.values():
+                self.listed(mount, cdrs)
+            total = sum(entry["size"] for entry in sim.recordings().values())
+            sim.faults(throttle=rate)
+            took = {}
+            for n, mount in mounts.items():
+                day = mount.file_of(cdrs[0]).parent
+                target = self.work / f"seqcopy-out-{n}"
+                sim.http.post("/sim/reset-stats").raise_for_status()
+                took[n] = timed(lambda: subprocess.run(["cp", "-r", str(day), str(target)],
+                                                       check=True))
+                peak = sim.stats()["downloads_max_concurrent"]
+                bad = [p.name for p in target.iterdir()
+                       if p.read_bytes() != sim.recording_bytes(p.name)]
+                shutil.rmtree(target)
+                line(f"recfs readahead={n}: cp -r, {total / MiB:.0f} MiB",
+                     f"{total / took[n] / MiB:8.1f} MiB/s, {took[n]:.1f} s",
+                     f"peak at the PBX {peak}, {len(bad)} wrong")
+            line("readahead=1 against readahead=0", "", f"ratio {took[0] / took[1]:.2f}")
+        finally:
+            for mount in mounts.values():
+                self.done(mount)
+            sim.close()
+
     def _copy_race(self, name: str, count: int, rate: int | None = None):
         """rsync -a of the date tree of *count* uncached recordings vs a curl loop."""
         # A PBX of its own, holding just these recordings: the tree rsync copies
@@ -498,7 +535,7 @@ class Bench:
         line("for comparison: mount with an empty cache", f"{timed(empty.start) * 1000:8.0f} ms")
 
 
-ALL = ["cached", "stream", "ttfb", "bulk", "slowpbx", "start", "many", "cap"]
+ALL = ["cached", "stream", "ttfb", "bulk", "slowpbx", "seqcopy", "start", "many", "cap"]
 
 
 def main() -> int:
