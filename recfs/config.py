@@ -59,7 +59,7 @@ class MountOptions:
     cache_size: str | None = None  # SIZE (20G, 512M) or N% of the cache filesystem
     cache_min_free: str | None = None  # likewise; None = the defaults in recfs/content/cache.py
     max_downloads: int = 2
-    readahead: int = 1  # downloads each open earns while a tool copies a day's files
+    readahead: int = 0  # downloads each open earns while a tool copies a day's files
     io_timeout: float = 30.0
     heartbeat: int = 300
     backfill_interval: float = 600.0  # re-check recent CDR history this often

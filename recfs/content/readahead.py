@@ -9,7 +9,9 @@ recordings of the day that are not cached yet. The tool's own order does not mat
 (rsync copies in name order, readdir gives inode order): whatever is fetched ahead
 is a file the walk will reach.
 
-The cost is bounded by the tool's own activity: a person who opens two recordings
+Opt-in (`-o readahead=N`): without it an open of an uncached recording costs exactly
+one handshake at the PBX, which is what a person playing one recording wants. The
+cost is bounded by the tool's own activity: a person who opens two recordings
 of a day causes at most `per_open` extra downloads, never the whole day. Background
 downloads yield the transfer slots to interactive reads (slots.py).
 """

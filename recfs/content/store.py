@@ -39,7 +39,9 @@ class DownloadPolicy:
     # (the kernel re-issues a failed read-ahead: that must not start it all over).
     failure_memory: float = 2.0
     # Background downloads each open earns while a tool walks a day (readahead.py).
-    readahead: int = 1
+    # Off by default: an open of an uncached recording then costs exactly one
+    # handshake, and a reader measuring one stream gets the PBX to itself.
+    readahead: int = 0
 
 
 class ContentStore:
