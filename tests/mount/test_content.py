@@ -12,6 +12,8 @@ import threading
 
 import pytest
 
+from tests.ci import unavailable
+
 from conftest import wait_for
 
 SECOND = 16000  # bytes of 8 kHz 16-bit mono audio per second of call
@@ -202,7 +204,7 @@ def test_open_files_are_not_evicted_and_the_overshoot_is_reported(sim, mount_fac
 def small_cache_fs(tmp_path):
     """A 1 MiB tmpfs as the mount's cache directory (the mount named "m")."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        unavailable("mounting a tmpfs needs root")
     cache = tmp_path / "m" / "cache"
     cache.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cache)], check=True)

@@ -13,6 +13,8 @@ import recfs
 
 import pytest
 
+from tests.ci import unavailable
+
 from conftest import RECFS, Mount
 
 
@@ -36,7 +38,7 @@ def test_status_as_another_user(sim):
     """An unprivileged user runs `recfs status` with the system's Python (root's venv is
     out of its reach) against a mount made with allow_other."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to act as another user")
+        unavailable("acting as another user needs root")
     python = shutil.which("python3", path="/usr/bin:/bin")
     assert python, "Debian's python3 (scripts/setup installs it)"
     shared = Path(tempfile.mkdtemp(prefix="recfs-status-"))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ci import unavailable
+
 from conftest import Mount, wait_for
 
 HELPER = Path(sys.executable).parent / "mount.fuse.recfs"
@@ -21,7 +23,7 @@ SBIN = Path("/sbin/mount.fuse.recfs")
 def mount_helper_installed():
     """/sbin/mount.fuse.recfs as the README tells administrators to install it."""
     if os.geteuid() != 0:
-        pytest.skip("installing /sbin/mount.fuse.recfs needs root")
+        unavailable("installing /sbin/mount.fuse.recfs needs root")
     assert HELPER.exists(), "pip install should have created mount.fuse.recfs"
     created = False
     if not SBIN.exists():

@@ -12,6 +12,8 @@ import subprocess
 
 import pytest
 
+from tests.ci import unavailable
+
 from recfs.protocol.errors import BAD_CREDENTIALS, LOCKED_OUT, NO_SUCH_FILE, SIM_BAD_RANDOM
 from recfs.sim import wav
 from recfs.sim.calls import CallFactory
@@ -320,8 +322,9 @@ def test_long_wav_is_fast(tmp_path):
     assert time.perf_counter() - began < 2.0
 
 
-@pytest.mark.skipif(not (shutil.which("sox") and shutil.which("ffprobe")), reason="sox/ffprobe missing")
 def test_wav_is_playable(tmp_path):
+    if not (shutil.which("sox") and shutil.which("ffprobe")):
+        unavailable("sox and ffprobe (scripts/setup installs them)")
     path = tmp_path / "call.wav"
     wav.write_wav(str(path), "1718001234.88", 7)
     info = subprocess.run(["sox", "--i", str(path)], capture_output=True, text=True, check=True).stdout
