@@ -22,10 +22,9 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from urllib.parse import unquote
-
-from collections.abc import Callable
 
 import h11
 import trio

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "mount"))
+sys.path[:0] = [str(ROOT / "tests" / "mount"), str(ROOT)]  # conftest, and the tests package it uses
 
 SECOND = 16000  # bytes per second of 8 kHz 16-bit mono
 MiB = 1 << 20
@@ -209,6 +209,18 @@ class Direct:
 
 # -- the benchmarks ------------------------------------------------------------------
 
+def _calls(sim, count: int) -> list[dict]:
+    """*count* calls with recordings of 200 KiB to 5 MiB, the same ones in every run."""
+    rng = random.Random(7)
+    return [sim.call(duration=rng.randint(13, 327)) for _ in range(count)]
+
+
+def _wrong(sim, names: list[str], target: Path) -> list[str]:
+    """The recordings missing from the copy in *target*, or not byte-identical."""
+    copied = {p.name: p for p in target.rglob("*") if p.is_file()}
+    return [n for n in names if n not in copied or copied[n].read_bytes() != sim.recording_bytes(n)]
+
+
 class Bench:
     def __init__(self, work: Path, quick: bool):
         from conftest import Sim
@@ -372,8 +384,7 @@ class Bench:
         try:
             mounts = {n: self.mount(f"seqcopy-{n}", "max_downloads=2", f"readahead={n}", sim=sim)
                       for n in (0, 1)}
-            rng = random.Random(7)
-            cdrs = [sim.call(duration=rng.randint(13, 327)) for _ in range(count)]
+            cdrs = _calls(sim, count)
             for mount in mounts.values():
                 self.listed(mount, cdrs)
             total = sum(entry["size"] for entry in sim.recordings().values())
@@ -386,8 +397,7 @@ class Bench:
                 took[n] = timed(lambda: subprocess.run(["cp", "-r", str(day), str(target)],
                                                        check=True))
                 peak = sim.stats()["downloads_max_concurrent"]
-                bad = [p.name for p in target.iterdir()
-                       if p.read_bytes() != sim.recording_bytes(p.name)]
+                bad = _wrong(sim, [c["recording"] for c in cdrs], target)
                 shutil.rmtree(target)
                 line(f"recfs readahead={n}: cp -r, {total / MiB:.0f} MiB",
                      f"{total / took[n] / MiB:8.1f} MiB/s, {took[n]:.1f} s",
@@ -405,9 +415,7 @@ class Bench:
         from conftest import Sim
         sim = Sim(self.work / f"{name}-sim")
         mount = self.mount(name, "max_downloads=2", sim=sim)
-        rng = random.Random(7)
-        cdrs = [sim.call(duration=rng.randint(13, 327)) for _ in range(count)]
-        cdrs = self.listed(mount, cdrs)
+        cdrs = self.listed(mount, _calls(sim, count))
         sizes = sim.recordings()
         count = len(sizes)
         total = sum(entry["size"] for entry in sizes.values())
@@ -421,9 +429,7 @@ class Bench:
                                           f"{mount.path}/", f"{target}/"], check=True))
         peak = sim.stats()["downloads_max_concurrent"]
         downloads = sum(sim.stats()["downloads"].values())
-        copied = {p.name: p for p in target.rglob("*") if p.is_file()}
-        bad = [n for n in names
-               if n not in copied or copied[n].read_bytes() != sim.recording_bytes(n)]
+        bad = _wrong(sim, names, target)
         shutil.rmtree(target)
         out = self.work / f"{name}-curl-out"
         out.mkdir()

@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "mount"))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests" / "mount"),
+                str(Path(__file__).resolve().parent.parent)]  # conftest, and the tests package it uses
 
 from conftest import Mount, Sim, receiver_url  # noqa: E402
 

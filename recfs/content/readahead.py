@@ -37,19 +37,17 @@ class _Walk:
     seen: set[int] = field(default_factory=set)  # opened or fetched in this walk
 
 
+@dataclass
 class ReadAhead:
-    def __init__(self, catalog: Catalog, wanted: Callable[[Recording], bool],
-                 fetch: Callable[[Recording], None], per_open: int = 1,
-                 clock: Callable[[], float] = time.monotonic):
-        """*wanted*(rec): not cached and not being downloaded; *fetch*(rec): queue a
-        background download."""
-        self.catalog = catalog
-        self.wanted = wanted
-        self.fetch = fetch
-        self.per_open = per_open
-        self.clock = clock
-        self.fetched = 0
-        self._walks: LRUCache[str, _Walk] = LRUCache(maxsize=16)
+    """*wanted*(rec): not cached and not being downloaded; *fetch*(rec): queue a
+    background download."""
+
+    catalog: Catalog
+    wanted: Callable[[Recording], bool]
+    fetch: Callable[[Recording], None]
+    per_open: int = 1
+    clock: Callable[[], float] = time.monotonic
+    _walks: LRUCache[str, _Walk] = field(init=False, default_factory=lambda: LRUCache(maxsize=16))
 
     def opened(self, rec: Recording, hit: bool) -> None:
         """A recording was opened; *hit*: served by the cache."""
@@ -67,7 +65,6 @@ class ReadAhead:
             candidate = self._next(rec.day, walk)
             if candidate is None:
                 return
-            self.fetched += 1
             self.fetch(candidate)
 
     def _next(self, day: str, walk: _Walk) -> Recording | None:

@@ -33,7 +33,7 @@ _READ_MAX = 256 * 1024
 
 
 
-class TlsSessions(dict[tuple[ssl.SSLContext, tuple[str, int] | None], ssl.SSLSession]):
+class TlsSessions(dict[tuple[ssl.SSLContext, tuple[str, int]], ssl.SSLSession]):
     """The last TLS session per (context, PBX address), offered to the next
     connection; and how many handshakes there were, and how many of them resumed."""
 
@@ -81,8 +81,8 @@ class _SocketStream(httpcore.AsyncNetworkStream):
     further locking. Every call is a trio checkpoint, also when the bytes are
     already there: a fast PBX must not starve the FUSE requests on the same loop."""
 
-    def __init__(self, sock: socket.socket, pin: bytes | None,
-                 sessions: TlsSessions | None = None, peer: tuple[str, int] | None = None):
+    def __init__(self, sock: socket.socket, pin: bytes | None, sessions: TlsSessions,
+                 peer: tuple[str, int]):
         self._sock = sock
         self._pin = pin
         self._sessions = sessions
@@ -182,7 +182,7 @@ class _SocketStream(httpcore.AsyncNetworkStream):
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
         key = (ssl_context, self._peer)
-        session = self._sessions.get(key) if self._sessions is not None else None
+        session = self._sessions.get(key)
         try:
             tls = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname,
                                           do_handshake_on_connect=False, session=session)
@@ -216,9 +216,8 @@ class _SocketStream(httpcore.AsyncNetworkStream):
                 await stream.aclose()
                 raise PinMismatch("the PBX's certificate does not match the pinned fingerprint")
         stream._session_key = key  # a session worth offering again
-        if self._sessions is not None:
-            self._sessions.handshakes += 1
-            self._sessions.resumed += tls.session_reused
+        self._sessions.handshakes += 1
+        self._sessions.resumed += tls.session_reused
         return stream
 
     def _close_now(self) -> None:
@@ -228,14 +227,13 @@ class _SocketStream(httpcore.AsyncNetworkStream):
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
 
-    _session_key: tuple[ssl.SSLContext, tuple[str, int] | None] | None = None
+    _session_key: tuple[ssl.SSLContext, tuple[str, int]] | None = None
 
     def _keep_session(self) -> None:
         """Remember the TLS session for the next connection to this PBX (read at
         the end: TLS 1.3 tickets arrive after the handshake)."""
         sock = self._sock
-        if self._sessions is None or self._session_key is None or \
-                not isinstance(sock, ssl.SSLSocket):
+        if self._session_key is None or not isinstance(sock, ssl.SSLSocket):
             return
         try:
             if sock.session_reused:
