@@ -25,7 +25,7 @@ _IGNORED = {"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "d
             "atime", "relatime"}
 _IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")
 
-_FLAGS = {"insecure", "allow_other", "allow_root", "foreground"}
+_FLAGS = {"insecure", "allow_other", "allow_root", "foreground", "direct_io"}
 _INTS = {"max_downloads", "readahead", "uid", "gid", "heartbeat"}
 _FLOATS = {"io_timeout", "backfill_interval"}
 _STRINGS = {"user", "password_file", "api_version", "cafile", "fingerprint", "listen",
@@ -65,6 +65,8 @@ class MountOptions:
     backfill_interval: float = 600.0  # re-check recent CDR history this often
     allow_other: bool = False
     allow_root: bool = False
+    # Reads bypass the kernel's page cache (see fuse_ops.py); no: mmap(MAP_SHARED) works.
+    direct_io: bool = True
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     umask: int = 0o022
@@ -234,8 +236,8 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
 
 
 # Options that belong to the mount as a whole, never to one PBX of several.
-_MOUNT_WIDE = {"listen", "metrics", "allow_other", "allow_root", "uid", "gid", "umask",
-               "foreground", "log_level", "log_file", "config"}
+_MOUNT_WIDE = {"listen", "metrics", "allow_other", "allow_root", "direct_io", "uid", "gid",
+               "umask", "foreground", "log_level", "log_file", "config"}
 
 
 def _safe_dir_name(name: str) -> bool:

@@ -100,7 +100,8 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
                     svc.content.download_latency = metrics.download_seconds.observe
                 await nursery.start(serve_metrics, metrics, metrics_sock, stop_servers)
             try:
-                pyfuse3.init(RecfsOperations(fs), opts.mountpoint, options)
+                pyfuse3.init(RecfsOperations(fs, direct_io=opts.direct_io), opts.mountpoint,
+                             options)
             except RuntimeError as exc:
                 raise MountError(f"cannot mount on {opts.mountpoint}: {exc}") from None
             try:

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -244,6 +245,19 @@ def _secrets(mount: Mount) -> list[str]:
 def mounted(mount_factory):
     """The usual mount: prefetch off, so that tests decide when the PBX is asked."""
     return mount_factory("prefetch=none")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """One value from a Prometheus scrape."""
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    assert match, f"{name}{labels} missing from:\n{text}"
+    return float(match.group(1))
 
 
 def receiver_url(mount: Mount) -> str:

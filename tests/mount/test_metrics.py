@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-import re
-import socket
-
 import httpx
 
-from conftest import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def value(text: str, name: str, labels: str = "") -> float:
-    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
-    assert match, f"{name}{labels} missing from:\n{text}"
-    return float(match.group(1))
+from conftest import free_port, metric as value, wait_for
 
 
 def test_metrics_count_what_happened(sim, mount_factory):

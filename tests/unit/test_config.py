@@ -11,8 +11,8 @@ def opts(text, environ=None, **kw):
 
 def test_defaults():
     o = opts("")
-    assert (o.user, o.api_version, o.listen, o.prefetch, o.max_downloads) == \
-        ("api", "v2.0.0", ("0.0.0.0", 8260), "new", 2)
+    assert (o.user, o.api_version, o.listen, o.prefetch, o.max_downloads, o.direct_io) == \
+        ("api", "v2.0.0", ("0.0.0.0", 8260), "new", 2, True)
     assert o.read_password() == "pw"
     assert report_target_fields(o, 8260, "s" * 32) == (8260, "/recfs/" + "s" * 32, "0")
 
@@ -24,9 +24,15 @@ def test_options_parse_and_fstab_words_are_ignored():
             o.allow_other) == ("rec", "v1.1.0", ("127.0.0.1", 9000), "none", 3, 0o27, 5, True)
 
 
+@pytest.mark.parametrize("text,direct_io", [("direct_io=no", False), ("direct_io=off", False),
+                                            ("direct_io", True), ("direct_io=yes", True)])
+def test_direct_io_is_a_flag(text, direct_io):
+    assert opts(text).direct_io is direct_io
+
+
 @pytest.mark.parametrize("text", ["bogus=1", "listen=nope", "prefetch=some", "max_downloads=0",
                                   "api_version=v9", "umask=9x", "uid=abc", "cafile",
-                                  "report_from=10.0.0.0/33"])
+                                  "report_from=10.0.0.0/33", "direct_io=maybe"])
 def test_bad_options_are_clear_errors(text):
     with pytest.raises(OptionError):
         opts(text)
