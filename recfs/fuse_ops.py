@@ -106,7 +106,7 @@ class RecfsOperations(pyfuse3.Operations):
             # and goes straight into its buffer. Through the page cache instead, a
             # recording read once sits in memory twice (the cache file's pages and
             # the mount's), and copying a tree out costs that second copy in CPU:
-            # rsync of 500 fresh recordings took 12-16 s that way, 8-12 s this way.
+            # rsync of 500 fresh recordings took 10-17 s that way, 8-13 s this way.
             # The price: mmap(MAP_SHARED) fails (ENODEV) unless direct_io=no.
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.fs.is_cached_open(fh))
