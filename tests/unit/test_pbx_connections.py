@@ -51,6 +51,34 @@ async def test_bodies_arrive_whole_and_sessions_are_resumed(sim):
     assert sessions.resumed >= 3
 
 
+async def test_concurrent_downloads_on_one_transport_keep_their_own_bytes(sim):
+    # The streams of a transport share one read buffer (tls.py): reads that
+    # interleave must still each hand over only their own bytes.
+    transport, _sessions = pbx_transport(client_context(sim.ca_file))
+    async with http_client(sim) as admin:
+        calls = [await make_call(admin, duration=40 + 3 * i) for i in range(4)]  # 640 kB and up
+    bodies: dict[str, bytes] = {}
+    async with httpx.AsyncClient(base_url=sim.base_url, transport=transport, timeout=10) as pbx:
+        token = await login(pbx)
+
+        async def fetch(name: str) -> None:
+            chunks = []
+            random = await get_random(pbx, token, name)
+            async with pbx.stream("GET", "/api/v2.0.0/recording/download", params={
+                    "recording": name, "random": random, "token": token}) as reply:
+                async for chunk in reply.aiter_raw():
+                    chunks.append(chunk)
+                    await trio.sleep(0)  # let the other transfers read in between
+            bodies[name] = b"".join(chunks)
+
+        async with trio.open_nursery() as transfers:
+            for cdr in calls:
+                transfers.start_soon(fetch, cdr["recording"])
+    for cdr in calls:
+        name = cdr["recording"]
+        assert bodies[name] == (sim.data_dir / "recordings" / name).read_bytes(), name
+
+
 async def test_the_pin_is_checked_on_resumed_connections_too(sim):
     transport, sessions = pbx_transport(verification(None, False, pin_of(sim)), pin_of(sim))
     await fetch_twice(sim, transport)
