@@ -7,9 +7,12 @@ report the PBX simply dropped.
 - Every `backfill_interval` seconds, recent history again, without a remount.
 - `recfs backfill` imports any range on demand.
 
-A range is asked for in windows (a day by default); a window the PBX refuses is
-split in halves down to a floor, so that a PBX that cannot answer large ranges is
-still read completely. Importing is idempotent: a known name is counted as known.
+A range is asked for in windows, a day at first; a window the PBX refuses is split
+in halves down to a floor, so that a PBX that cannot answer large ranges is still
+read completely, and no later window is that long again. A window that held few
+calls makes the next one twice as long (up to a month): months of a quiet PBX's
+history take a few requests, not one a day. Importing is idempotent: a known name
+is counted as known.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ log = logging.getLogger("recfs.backfill")
 
 WINDOW = timedelta(days=1)
 MIN_WINDOW = timedelta(minutes=15)
+MAX_WINDOW = timedelta(days=32)
+# A window that answered fewer CDR rows than this doubles the next one.
+GROW_BELOW = 1000
 # Calls are reported when they end, dated by when they started: look back this far
 # before the newest call recfs knows.
 OVERLAP = timedelta(hours=2)
@@ -60,21 +66,32 @@ Progress = Callable[[datetime, Summary], None]
 
 class Backfill:
     def __init__(self, client: PbxClient, sink: Sink, *, window: timedelta = WINDOW,
-                 min_window: timedelta = MIN_WINDOW):
+                 min_window: timedelta = MIN_WINDOW, grow: bool = True):
         self.client = client
         self.sink = sink
         self.window = window
         self.min_window = min_window
+        self.grow = grow
+        self._rows = 0  # CDR rows answered, in the current window
+        self._refused: timedelta | None = None  # the shortest span refused in it
 
     async def run_range(self, start: datetime, end: datetime, progress: Progress | None = None) -> Summary:
         """Import PBX-local [start, end] (naive datetimes, whole seconds)."""
         summary = Summary()
         cursor = start.replace(microsecond=0)
         end = end.replace(microsecond=0)
+        size, ceiling = self.window, MAX_WINDOW + timedelta(seconds=1)
         while cursor <= end:
-            stop = min(cursor + self.window - timedelta(seconds=1), end)
+            stop = min(cursor + size - timedelta(seconds=1), end)
+            self._rows, self._refused = 0, None
             await self._window(cursor, stop, summary)
             cursor = stop + timedelta(seconds=1)
+            if self._refused is not None:
+                # What the PBX refused once it would refuse again: stay below it.
+                ceiling = min(ceiling, self._refused)
+                size = max(self.min_window, self._refused / 2)
+            elif self.grow and self._rows < GROW_BELOW and 2 * size < ceiling:
+                size = 2 * size
             if progress is not None:
                 progress(min(cursor, end), summary)
         return summary
@@ -90,6 +107,8 @@ class Backfill:
             refused = isinstance(exc, CdrFormatError) or (
                 exc.errno is not None and exc.operation not in ("login", "heartbeat"))
             if refused and end - start >= 2 * self.min_window:
+                span = end - start + timedelta(seconds=1)
+                self._refused = span if self._refused is None else min(self._refused, span)
                 middle = start + (end - start) / 2
                 middle = middle.replace(microsecond=0)
                 log.info("CDRs %s..%s refused (%s); asking in two halves", first, last, exc)
@@ -98,6 +117,7 @@ class Backfill:
                 return
             raise
         summary.windows += 1
+        self._rows += rows.rows
         summary.unrecorded += rows.unrecorded
         for line, reason in rows.malformed:
             log.warning("CDR %s..%s line %d ignored: %s", first, last, line, reason)

@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="the PBX's base URL, as given to recfs mount")
     p.add_argument("--since", required=True, type=_date, help="first day (or instant) to import")
     p.add_argument("--until", type=_until, help="last day (or instant) to import; default now")
-    p.add_argument("--window-hours", type=float, default=WINDOW.total_seconds() / 3600,
-                   help="hours of history per CDR request (default 24; halved on refusal)")
+    p.add_argument("--window-hours", type=float, default=None,
+                   help="hours of history per CDR request, kept (halved on refusal); default "
+                        f"{WINDOW.total_seconds() / 3600:.0f} at first, doubled after quiet windows")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="the mount's options (user, password_file, cafile, state_dir, ...)")
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> int:
     except OptionError as exc:
         print(f"recfs: {exc}", file=sys.stderr)
         return 2
-    if args.window_hours <= 0:
+    if args.window_hours is not None and args.window_hours <= 0:
         print("recfs: --window-hours must be positive", file=sys.stderr)
         return 2
     setup_logging(opts.log_level if opts.log_level != "INFO" else "WARNING")
@@ -142,7 +143,10 @@ async def _run(opts, args) -> Summary:
         if end < args.since:
             raise OptionError("--until is before --since")
         bar = ProgressBar(args.since, end, enabled=not args.quiet and sys.stderr.isatty())
-        backfill = Backfill(client, sink, window=timedelta(hours=args.window_hours))
+        if args.window_hours is None:
+            backfill = Backfill(client, sink)
+        else:
+            backfill = Backfill(client, sink, window=timedelta(hours=args.window_hours), grow=False)
         try:
             print(f"importing CDRs {format_local(args.since)} .. {format_local(end)} (PBX time)",
                   file=sys.stderr)

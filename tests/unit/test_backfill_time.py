@@ -55,12 +55,14 @@ class FakeClient:
     def __init__(self, refuse_longer_than: timedelta):
         self.limit = refuse_longer_than
         self.asked = []
+        self.refused = []
         self.logins = 1
         self.logged_in = True
 
     async def cdr_download(self, start, end):
         s, e = (datetime.strptime(t, "%Y-%m-%d %H:%M:%S") for t in (start, end))
         if e - s >= self.limit:
+            self.refused.append((s, e))
             raise PbxError("cdr_download", "10003")
         self.asked.append((s, e))
         return HEADER + f"{int(s.timestamp())}.1,{start},{s:%Y%m%d%H%M%S}-{int(s.timestamp())}.1-1-2-Internal.wav\r\n".encode()
@@ -82,6 +84,46 @@ async def test_windows_cover_the_range_and_shrink_when_refused():
         assert s2 == e1 + timedelta(seconds=1)
     assert all(e - s < timedelta(hours=6) for s, e in client.asked)
     assert summary.new == len(client.asked) == len(got) and summary.windows == len(client.asked)
+
+
+def _contiguous(asked, start, end) -> bool:
+    return asked[0][0] == start and asked[-1][1] == end and all(
+        s2 == e1 + timedelta(seconds=1) for (_s1, e1), (s2, _e2) in zip(asked, asked[1:]))
+
+
+async def _count(calls):
+    return len(calls), 0
+
+
+async def test_quiet_history_is_asked_for_in_growing_windows():
+    # A quarter of a quiet PBX's history: 1, 2, 4, 8, 16, 32, 32 ... days, not 91 requests.
+    client = FakeClient(timedelta(days=365))
+    start, end = datetime(2024, 1, 1), datetime(2024, 3, 31, 23, 59, 59)
+    summary = await Backfill(client, _count).run_range(start, end)
+    assert _contiguous(client.asked, start, end)
+    assert [round((e - s).total_seconds() / 86400) for s, e in client.asked] == [1, 2, 4, 8, 16, 32, 28]
+    assert summary.windows == 7
+
+
+async def test_windows_stay_below_what_the_pbx_refused():
+    client = FakeClient(timedelta(days=3))
+    start, end = datetime(2024, 1, 1), datetime(2024, 1, 31, 23, 59, 59)
+    await Backfill(client, _count).run_range(start, end)
+    assert _contiguous(client.asked, start, end)
+    assert all(e - s < timedelta(days=3) for s, e in client.asked)
+    # Refused once (the 4-day window), then never asked for that much again.
+    assert len(client.refused) == 1
+
+
+async def test_busy_or_fixed_windows_do_not_grow(monkeypatch):
+    start, end = datetime(2024, 1, 1), datetime(2024, 1, 5, 23, 59, 59)
+    client = FakeClient(timedelta(days=365))
+    await Backfill(client, _count, window=timedelta(hours=12), grow=False).run_range(start, end)
+    assert len(client.asked) == 10
+    monkeypatch.setattr("recfs.backfill.GROW_BELOW", 1)  # every window counts as busy
+    client = FakeClient(timedelta(days=365))
+    await Backfill(client, _count).run_range(start, end)
+    assert len(client.asked) == 5
 
 
 async def test_a_pbx_that_refuses_everything_stops_the_backfill():
