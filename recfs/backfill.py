@@ -72,8 +72,6 @@ class Backfill:
         self.window = window
         self.min_window = min_window
         self.grow = grow
-        self._rows = 0  # CDR rows answered, in the current window
-        self._refused: timedelta | None = None  # the shortest span refused in it
 
     async def run_range(self, start: datetime, end: datetime, progress: Progress | None = None) -> Summary:
         """Import PBX-local [start, end] (naive datetimes, whole seconds)."""
@@ -83,20 +81,22 @@ class Backfill:
         size, ceiling = self.window, MAX_WINDOW + timedelta(seconds=1)
         while cursor <= end:
             stop = min(cursor + size - timedelta(seconds=1), end)
-            self._rows, self._refused = 0, None
-            await self._window(cursor, stop, summary)
+            rows, refused = await self._window(cursor, stop, summary)
             cursor = stop + timedelta(seconds=1)
-            if self._refused is not None:
+            if refused is not None:
                 # What the PBX refused once it would refuse again: stay below it.
-                ceiling = min(ceiling, self._refused)
-                size = max(self.min_window, self._refused / 2)
-            elif self.grow and self._rows < GROW_BELOW and 2 * size < ceiling:
+                ceiling = min(ceiling, refused)
+                size = max(self.min_window, refused / 2)
+            elif self.grow and rows < GROW_BELOW and 2 * size < ceiling:
                 size = 2 * size
             if progress is not None:
                 progress(min(cursor, end), summary)
         return summary
 
-    async def _window(self, start: datetime, end: datetime, summary: Summary) -> None:
+    async def _window(self, start: datetime, end: datetime,
+                      summary: Summary) -> tuple[int, timedelta | None]:
+        """Import one window; the CDR rows it held, and the shortest span of it the
+        PBX refused (None: no refusal)."""
         first, last = format_local(start), format_local(end)
         try:
             body = await self.client.cdr_download(first, last)
@@ -107,17 +107,15 @@ class Backfill:
             refused = isinstance(exc, CdrFormatError) or (
                 exc.errno is not None and exc.operation not in ("login", "heartbeat"))
             if refused and end - start >= 2 * self.min_window:
-                span = end - start + timedelta(seconds=1)
-                self._refused = span if self._refused is None else min(self._refused, span)
                 middle = start + (end - start) / 2
                 middle = middle.replace(microsecond=0)
                 log.info("CDRs %s..%s refused (%s); asking in two halves", first, last, exc)
-                await self._window(start, middle, summary)
-                await self._window(middle + timedelta(seconds=1), end, summary)
-                return
+                rows_a, refused_a = await self._window(start, middle, summary)
+                rows_b, refused_b = await self._window(middle + timedelta(seconds=1), end, summary)
+                span = end - start + timedelta(seconds=1)  # refused, longer than any half
+                return rows_a + rows_b, min(refused_a or span, refused_b or span)
             raise
         summary.windows += 1
-        self._rows += rows.rows
         summary.unrecorded += rows.unrecorded
         for line, reason in rows.malformed:
             log.warning("CDR %s..%s line %d ignored: %s", first, last, line, reason)
@@ -126,6 +124,7 @@ class Backfill:
             new, known = await self.sink(rows.calls)
             summary.new += new
             summary.known += known
+        return rows.rows, None
 
 
 class BackfillKeeper:

@@ -32,7 +32,6 @@ import trio
 _READ_MAX = 256 * 1024
 
 
-
 class TlsSessions(dict[tuple[ssl.SSLContext, tuple[str, int]], ssl.SSLSession]):
     """The last TLS session per (context, PBX address), offered to the next
     connection; and how many handshakes there were, and how many of them resumed."""
@@ -74,6 +73,11 @@ def _deadline(timeout: float | None) -> float:
     return float("inf") if timeout is None else timeout
 
 
+def _reason(exc: BaseException) -> str:
+    # Some ssl errors carry no text; their class name still says what happened.
+    return str(exc) or type(exc).__name__
+
+
 class _SocketStream(httpcore.AsyncNetworkStream):
     """A connected non-blocking socket, plain or `ssl.SSLSocket`, driven from trio.
 
@@ -81,18 +85,11 @@ class _SocketStream(httpcore.AsyncNetworkStream):
     further locking. Every call is a trio checkpoint, also when the bytes are
     already there: a fast PBX must not starve the FUSE requests on the same loop."""
 
-    def __init__(self, sock: socket.socket, pin: bytes | None, sessions: TlsSessions,
-                 peer: tuple[str, int], buffer: bytearray):
+    def __init__(self, sock: socket.socket, backend: "_SocketBackend", peer: tuple[str, int]):
         self._sock = sock
-        self._pin = pin
-        self._sessions = sessions
+        self._backend = backend  # the pin, the session memory, the read buffer
         self._peer = peer
         self._closed = False
-        # The backend's, shared by its streams: a read fills it and copies out what
-        # it got with no checkpoint in between, so no other stream's read can come
-        # in the middle. One per stream cost a zeroed 256 KiB (64 page faults) for
-        # each of the two connections a recording takes.
-        self._buffer = buffer
 
     # -- reading -------------------------------------------------------------
 
@@ -102,13 +99,13 @@ class _SocketStream(httpcore.AsyncNetworkStream):
         try:
             with trio.fail_after(_deadline(timeout)):
                 if isinstance(sock, ssl.SSLSocket):
-                    data = await self._read_tls(sock, max(max_bytes, _READ_MAX))
+                    data = await self._read_tls(sock)
                 else:
                     data = await self._read_plain(sock, max_bytes)
         except trio.TooSlowError:
             raise httpcore.ReadTimeout("timed out reading from the PBX") from None
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+            raise httpcore.ReadError(_reason(exc)) from exc
         await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
@@ -121,8 +118,16 @@ class _SocketStream(httpcore.AsyncNetworkStream):
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
 
-    async def _read_tls(self, sock: ssl.SSLSocket, limit: int) -> bytes:
-        view = memoryview(self._buffer)[:limit]
+    async def _read_tls(self, sock: ssl.SSLSocket) -> bytes:
+        """Whatever TLS records are there, up to _READ_MAX bytes (more than httpcore
+        asks for: fewer, larger chunks for h11 and the cache writes).
+
+        The buffer is the backend's, shared by its streams: it is filled and copied
+        out with no checkpoint in between, so no other stream's read can come in the
+        middle. One per stream cost a zeroed 256 KiB (64 page faults) for each of
+        the two connections a recording takes."""
+        view = memoryview(self._backend.buffer)
+        limit = len(view)
         got = 0
         while got < limit:
             if self._closed:
@@ -174,7 +179,7 @@ class _SocketStream(httpcore.AsyncNetworkStream):
         except trio.TooSlowError:
             raise httpcore.WriteTimeout("timed out writing to the PBX") from None
         except (OSError, ValueError) as exc:
-            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
+            raise httpcore.WriteError(_reason(exc)) from exc
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     # -- the rest ------------------------------------------------------------
@@ -185,16 +190,17 @@ class _SocketStream(httpcore.AsyncNetworkStream):
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        backend = self._backend
         key = (ssl_context, self._peer)
-        session = self._sessions.get(key)
+        session = backend.sessions.get(key)
         try:
             tls = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname,
                                           do_handshake_on_connect=False, session=session)
         except (OSError, ValueError) as exc:
             await self.aclose()
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+            raise httpcore.ConnectError(_reason(exc)) from exc
         self._closed = True  # the plain socket's descriptor now belongs to `tls`
-        stream = _SocketStream(tls, self._pin, self._sessions, self._peer, self._buffer)
+        stream = _SocketStream(tls, backend, self._peer)
         try:
             with trio.fail_after(_deadline(timeout)):
                 while True:
@@ -210,18 +216,18 @@ class _SocketStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectTimeout("timed out in the TLS handshake") from None
         except (OSError, ValueError) as exc:
             await stream.aclose()
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+            raise httpcore.ConnectError(_reason(exc)) from exc
         except BaseException:  # cancelled: close without awaiting
             stream._close_now()
             raise
-        if self._pin is not None:
+        if backend.pin is not None:
             der = tls.getpeercert(binary_form=True)
-            if der is None or hashlib.sha256(der).digest() != self._pin:
+            if der is None or hashlib.sha256(der).digest() != backend.pin:
                 await stream.aclose()
                 raise PinMismatch("the PBX's certificate does not match the pinned fingerprint")
         stream._session_key = key  # a session worth offering again
-        self._sessions.handshakes += 1
-        self._sessions.resumed += tls.session_reused
+        backend.sessions.handshakes += 1
+        backend.sessions.resumed += tls.session_reused
         return stream
 
     def _close_now(self) -> None:
@@ -246,7 +252,7 @@ class _SocketStream(httpcore.AsyncNetworkStream):
         except (OSError, ValueError):
             return
         if session is not None:
-            self._sessions[self._session_key] = session
+            self._backend.sessions[self._session_key] = session
 
     def get_extra_info(self, info: str) -> typing.Any:
         sock = self._sock
@@ -281,9 +287,9 @@ class _SocketBackend(httpcore.AsyncNetworkBackend):
     checked again on every connection all the same."""
 
     def __init__(self, pin: bytes | None = None):
-        self._pin = pin
+        self.pin = pin
         self.sessions = TlsSessions()
-        self._buffer = bytearray(_READ_MAX)
+        self.buffer = bytearray(_READ_MAX)  # for every stream's TLS reads (_read_tls)
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         try:
@@ -294,7 +300,7 @@ class _SocketBackend(httpcore.AsyncNetworkBackend):
         except trio.TooSlowError:
             raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
         except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+            raise httpcore.ConnectError(_reason(exc)) from exc
         sock = socket.socket(fileno=stream.socket.detach())
         try:
             sock.setblocking(False)
@@ -302,8 +308,8 @@ class _SocketBackend(httpcore.AsyncNetworkBackend):
                 sock.setsockopt(*option)
         except OSError as exc:
             sock.close()
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        return _SocketStream(sock, self._pin, self.sessions, (host, port), self._buffer)
+            raise httpcore.ConnectError(_reason(exc)) from exc
+        return _SocketStream(sock, self, (host, port))
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):
         raise httpcore.ConnectError("unix sockets are not used for the PBX")
