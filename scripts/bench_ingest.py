@@ -9,7 +9,7 @@ Clients run in a separate process (asyncio, raw HTTP/1.1, one connection per rep
 as the PBX does) so that they do not share the mount's CPU time slice in Python.
 
 In the same run, the same clients first post to bare servers that read the body and
-answer 200 without doing anything (hypercorn, and recfs.http11 which serves the
+answer 200 without doing anything (hypercorn, and recfs.http.server which serves the
 receiver): the figure to compare with, on a machine whose load varies.
 """
 
@@ -100,7 +100,7 @@ def post_burst(url: str, count: int, clients: int, processes: int = 1, first: in
 
 async def _bare_app(scope, receive, send) -> None:
     if scope["type"] == "lifespan":
-        from recfs.asgi import lifespan
+        from recfs.http.asgi import lifespan
         await lifespan(receive, send)
         return
     while (await receive()).get("more_body"):
@@ -113,8 +113,8 @@ async def _bare_app(scope, receive, send) -> None:
 def _bare_server(kind: str, ports) -> None:
     import trio
 
-    from recfs.asgi import bind_socket, serve_on
-    from recfs.http11 import serve_asgi
+    from recfs.http.asgi import bind_socket, serve_on
+    from recfs.http.server import serve_asgi
 
     sock = bind_socket("127.0.0.1", 0)
     ports.put(sock.getsockname()[1])

@@ -4,7 +4,7 @@ over some years, each with a known size (as if downloaded once).
 
     .venv/bin/python scripts/make_catalog.py STATE_DIR [--rows 1000000] [--years 3]
 
-Writes STATE_DIR/catalog.sqlite with recfs's own schema (recfs.catalog), the inode
+Writes STATE_DIR/catalog.sqlite with recfs's own schema (recfs.catalog.database), the inode
 numbers recfs would derive, and the `days` table the trigger would have kept.
 """
 
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from recfs.catalog import Catalog, file_ino
+from recfs.catalog.database import Catalog, file_ino
 
 START = 1672531200  # 2023-01-01 00:00:00 UTC
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import trio
 
-from recfs.catalog import Catalog, Recording
+from recfs.catalog.database import Catalog, Recording
 from recfs.content.store import ContentStore
 
 log = logging.getLogger("recfs.prefetch")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
-from recfs.catalog import Catalog, Recording
+from recfs.catalog.database import Catalog, Recording
 
 WALK_GAP = 10.0  # seconds between two opens that still make one walk
 _BATCH = 64

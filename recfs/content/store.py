@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import trio
 
-from recfs.catalog import Catalog, Recording
+from recfs.catalog.database import Catalog, Recording
 from recfs.content.cache import CacheFull, DiskCache
 from recfs.content.readahead import ReadAhead
 from recfs.content.slots import Slots
 from recfs.content.transfer import Transfer, TransferFailed
-from recfs.protocol.client import PbxClient
-from recfs.protocol.errors import BAD_CREDENTIALS, LOCKED_OUT, NO_SUCH_FILE, PbxError
+from recfs.pbx.client import PbxClient
+from recfs.pbx.errors import BAD_CREDENTIALS, LOCKED_OUT, NO_SUCH_FILE, PbxError
 
 log = logging.getLogger("recfs.content")
 

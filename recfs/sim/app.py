@@ -20,10 +20,10 @@ from urllib.parse import parse_qs
 
 import trio
 
-from recfs.asgi import Receive, Send, not_http
+from recfs.http.asgi import Receive, Send, not_http
 from recfs.logs import redact
-from recfs.protocol.errors import NO_SUCH_FILE, failure_body
-from recfs.protocol.names import BadName, check_recording_name
+from recfs.pbx.errors import NO_SUCH_FILE, failure_body
+from recfs.pbx.names import BadName, check_recording_name
 from recfs.sim.calls import STATUSES, TYPES
 from recfs.sim.faults import DownloadFaults, FaultError
 from recfs.sim.simulator import Simulator

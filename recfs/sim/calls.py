@@ -8,7 +8,7 @@ import datetime
 import random
 from dataclasses import dataclass
 
-from recfs.protocol.names import check_recording_name
+from recfs.pbx.names import check_recording_name
 from recfs.sim.state import CDR_FIELDS
 
 EXTENSIONS = [str(n) for n in range(1001, 1021)]

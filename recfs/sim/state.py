@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from recfs.protocol.errors import (
+from recfs.pbx.errors import (
     BAD_CREDENTIALS,
     LOCKED_OUT,
     NO_SUCH_FILE,

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from recfs.protocol.names import BadName, check_recording_name
+from recfs.pbx.names import BadName, check_recording_name
 from recfs.sim import wav
 
 log = logging.getLogger(__name__)

@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from recfs.catalog import Catalog, Recording
+from recfs.catalog.database import Catalog, Recording
 from recfs.content.store import ContentStore, OpenRecording
 from recfs.content.transfer import TransferFailed
-from recfs.protocol.errors import PbxError
-# The root directory's xattr with the running mount's state as JSON (`recfs status`):
-# it works for every user who can see the mount, through the mount itself.
-from recfs.status import STATUS_XATTR
-from recfs.protocol.names import BadName, check_recording_name
+from recfs.pbx.errors import PbxError
+from recfs.pbx.names import BadName, check_recording_name
 from recfs.vfs.tree import DirNode, DirTree, Files
+# The root directory's STATUS_XATTR holds the running mount's state as JSON (`recfs
+# status`): it works for every user who can see the mount, through the mount itself.
+from recfs.vfs.xattrs import STATUS_XATTR, XATTR_FIELDS, XATTR_PREFIX
 
 log = logging.getLogger("recfs.vfs")
 
@@ -36,10 +36,6 @@ FILE_TIMEOUT = 3600.0
 DIR_TIMEOUT = 1.0
 BLOCK_SIZE = 4096
 
-XATTR_PREFIX = "user.recfs."
-# user.recfs.<field> for each CallRecord field a person or a backup tool wants kept.
-XATTR_FIELDS = ("caller", "callee", "type", "status", "duration", "talk_duration", "callid",
-                "timestart", "trunk", "did", "pbx_serial")
 
 
 def _dir_name_ok(value: str) -> bool:

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 
-from recfs.status import STATUS_XATTR
+from recfs.vfs.xattrs import STATUS_XATTR
 from recfs.vfs.core import Attributes, FsError, Owner, RecordingsFs
 from recfs.vfs.tree import ROOT_INO
 

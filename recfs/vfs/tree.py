@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recfs.catalog import dir_ino
+from recfs.catalog.database import dir_ino
 
 ROOT_INO = 1
 BY_TYPE = "by-type"

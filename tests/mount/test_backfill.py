@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
-from conftest import RECFS, Sim, wait_for
+from conftest import Sim
 
 
 def listed(mount, cdr) -> bool:

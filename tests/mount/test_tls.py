@@ -3,7 +3,6 @@ request, and a wrong server never sees the login."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import ssl
 

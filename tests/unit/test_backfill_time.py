@@ -4,11 +4,11 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from recfs.backfill import Backfill, BackfillKeeper
-from recfs.catalog import Catalog
-from recfs.pbxtime import PbxClock, offset_of
-from recfs.protocol.errors import PbxError
-from recfs.protocol.reports import CallRecord
+from recfs.ingest.backfill import Backfill, BackfillKeeper
+from recfs.catalog.database import Catalog
+from recfs.pbx.clock import PbxClock, offset_of
+from recfs.pbx.errors import PbxError
+from recfs.pbx.reports import CallRecord
 
 HEADER = b"callid,timestart,recording\r\n"
 
@@ -120,7 +120,7 @@ async def test_busy_or_fixed_windows_do_not_grow(monkeypatch):
     client = FakeClient(timedelta(days=365))
     await Backfill(client, _count, window=timedelta(hours=12), grow=False).run_range(start, end)
     assert len(client.asked) == 10
-    monkeypatch.setattr("recfs.backfill.GROW_BELOW", 1)  # every window counts as busy
+    monkeypatch.setattr("recfs.ingest.backfill.GROW_BELOW", 1)  # every window counts as busy
     client = FakeClient(timedelta(days=365))
     await Backfill(client, _count).run_range(start, end)
     assert len(client.asked) == 5

@@ -4,9 +4,9 @@ import httpx
 import pytest
 import respx
 
-from recfs.protocol.cdr import CdrFormatError, parse_cdr_csv
-from recfs.protocol.client import PbxClient, ReportTarget
-from recfs.protocol.errors import PbxError
+from recfs.pbx.cdr import CdrFormatError, parse_cdr_csv
+from recfs.pbx.client import PbxClient, ReportTarget
+from recfs.pbx.errors import PbxError
 
 NAME1 = "20240610083402-1718001234.88-0612345678-2001-Inbound.wav"
 NAME2 = "20240610090000-1718002790.89-2001-2002-Internal.wav"

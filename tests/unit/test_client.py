@@ -7,8 +7,8 @@ import httpx
 import pytest
 import respx
 
-from recfs.protocol.client import LoginGuard, PbxClient, ReportTarget, sniff
-from recfs.protocol.errors import PbxError
+from recfs.pbx.client import LoginGuard, PbxClient, ReportTarget, sniff
+from recfs.pbx.errors import PbxError
 
 BASE = "https://pbx.test:8088"
 API = f"{BASE}/api/v2.0.0"

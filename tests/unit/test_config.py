@@ -1,6 +1,6 @@
 import pytest
 
-from recfs.config import OptionError, build_options, report_target_fields, split_options
+from recfs.service.config import OptionError, build_options, report_target_fields, split_options
 
 SRC = "https://pbx.example:8088"
 

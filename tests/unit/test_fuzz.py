@@ -10,12 +10,12 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recfs.catalog import Catalog
-from recfs.protocol.cdr import CdrFormatError, parse_cdr_csv
-from recfs.protocol.client import parse_failure, sniff
-from recfs.protocol.errors import PbxError
-from recfs.protocol.names import check_recording_name
-from recfs.protocol.reports import BadReport, call_from_cdr, decode_report, event_name
+from recfs.catalog.database import Catalog
+from recfs.pbx.cdr import CdrFormatError, parse_cdr_csv
+from recfs.pbx.client import parse_failure, sniff
+from recfs.pbx.errors import PbxError
+from recfs.pbx.names import check_recording_name
+from recfs.pbx.reports import BadReport, call_from_cdr, decode_report, event_name
 
 FIELDS = ["event", "action", "callid", "timestart", "callfrom", "callto", "callduraction",
           "talkduraction", "srctrunkname", "desttrunkname", "status", "type", "recording",

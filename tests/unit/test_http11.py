@@ -1,11 +1,11 @@
-"""recfs.http11: the small HTTP/1.1 server the report receiver runs on."""
+"""recfs.http.server: the small HTTP/1.1 server the report receiver runs on."""
 
 from __future__ import annotations
 
 import trio
 
-from recfs import http11
-from recfs.asgi import bind_socket
+from recfs.http import server as http11
+from recfs.http.asgi import bind_socket
 
 
 async def echo_app(scope, receive, send):

@@ -1,7 +1,7 @@
 import pytest
 
-from recfs import mount
-from recfs.config import build_options
+from recfs.service import mount
+from recfs.service.config import build_options
 
 
 def opts(**raw):

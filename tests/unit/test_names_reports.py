@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from recfs.protocol.names import BadName, check_recording_name
-from recfs.protocol.reports import BadReport, CallRecord, call_from_cdr, decode_report, event_name
+from recfs.pbx.names import BadName, check_recording_name
+from recfs.pbx.reports import BadReport, CallRecord, call_from_cdr, decode_report, event_name
 
 GOOD = "20240610083402-1718001234.88-0612345678-2001-Inbound.wav"
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from recfs.protocol.tls import pbx_transport, verification
+from recfs.pbx.tls import pbx_transport, verification
 from recfs.sim.tls import client_context
 from tests.sim_helpers import download, get_random, http_client, login, make_call, start_sim
 

@@ -3,9 +3,9 @@ against a real catalog; the content store is stood in for by two functions."""
 
 from __future__ import annotations
 
-from recfs.catalog import Catalog
+from recfs.catalog.database import Catalog
 from recfs.content.readahead import WALK_GAP, ReadAhead
-from recfs.protocol.reports import CallRecord
+from recfs.pbx.reports import CallRecord
 
 
 def make(tmp_path, days: dict[str, int], per_open: int = 1):

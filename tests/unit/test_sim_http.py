@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from recfs.protocol.errors import NO_SUCH_FILE, SIM_BAD_RANDOM
+from recfs.pbx.errors import NO_SUCH_FILE, SIM_BAD_RANDOM
 from recfs.sim.state import CDR_FIELDS
 from tests.sim_helpers import (
     PASSWORD,

@@ -14,7 +14,7 @@ import pytest
 
 from tests.ci import unavailable
 
-from recfs.protocol.errors import BAD_CREDENTIALS, LOCKED_OUT, NO_SUCH_FILE, SIM_BAD_RANDOM
+from recfs.pbx.errors import BAD_CREDENTIALS, LOCKED_OUT, NO_SUCH_FILE, SIM_BAD_RANDOM
 from recfs.sim import wav
 from recfs.sim.calls import CallFactory
 from recfs.sim.faults import FaultError, Faults

@@ -10,11 +10,11 @@ import pytest
 import respx
 import trio
 
-from recfs.catalog import Catalog
+from recfs.catalog.database import Catalog
 from recfs.content.cache import DiskCache
 from recfs.content.store import ContentStore, DownloadPolicy
-from recfs.protocol.client import PbxClient, ReportTarget
-from recfs.protocol.reports import CallRecord
+from recfs.pbx.client import PbxClient, ReportTarget
+from recfs.pbx.reports import CallRecord
 from recfs.vfs.core import FsError, Owner, RecordingsFs
 from recfs.vfs.tree import ROOT_INO
 

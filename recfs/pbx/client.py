@@ -23,8 +23,8 @@ import httpx
 import trio
 
 from recfs.logs import forget_secret, register_secret
-from recfs.protocol.errors import BAD_CREDENTIALS, LOCKED_OUT, PbxError
-from recfs.protocol.tls import TlsSessions, pbx_transport
+from recfs.pbx.errors import BAD_CREDENTIALS, LOCKED_OUT, PbxError
+from recfs.pbx.tls import TlsSessions, pbx_transport
 
 log = logging.getLogger("recfs.pbx")
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from recfs.protocol.names import BadName, check_recording_name
+from recfs.pbx.names import BadName, check_recording_name
 
 MAX_REPORT_BYTES = 64 * 1024
 

@@ -12,25 +12,25 @@ import logging
 import time
 import trio
 
-from recfs.backfill import Backfill, BackfillKeeper, follow_catalog_days
-from recfs.catalog import Catalog
-from recfs.commit import GroupCommit
-from recfs.config import MountOptions, report_target_fields
+from recfs.ingest.backfill import Backfill, BackfillKeeper, follow_catalog_days
+from recfs.catalog.database import Catalog
+from recfs.catalog.writer import GroupCommit
+from recfs.service.config import MountOptions, report_target_fields
 from recfs.content.cache import DiskCache, resolve_size
 from recfs.content.prefetch import PrefetchAll
 from recfs.content.store import ContentStore, DownloadPolicy
-from recfs.gate import ReportGate, load_secret, parse_networks
-from recfs.ingest import Ingest
+from recfs.ingest.gate import ReportGate, load_secret, parse_networks
+from recfs.ingest.pipeline import Ingest
 from recfs.logs import recent_problems
-from recfs.pbxtime import META_KEY as OFFSET_KEY, PbxClock
-from recfs.protocol.client import PbxClient, ReportTarget
-from recfs.protocol.tls import parse_fingerprint, verification
-from recfs.receiver import ReportApp
-from recfs.session import keep_session
-from recfs.status import StatusSources
+from recfs.pbx.clock import META_KEY as OFFSET_KEY, PbxClock
+from recfs.pbx.client import PbxClient, ReportTarget
+from recfs.pbx.tls import parse_fingerprint, verification
+from recfs.ingest.receiver import ReportApp
+from recfs.pbx.session import keep_session
+from recfs.service.status import StatusSources
 from recfs.vfs.core import Owner, RecordingsFs
 
-log = logging.getLogger("recfs.mount")
+log = logging.getLogger("recfs.service.mount")
 
 
 class PbxService:

@@ -27,17 +27,17 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from recfs import systemd
-from recfs.asgi import bind_socket
-from recfs.config import MountOptions, OptionError
-from recfs.fuse_ops import RecfsOperations
-from recfs.metrics import Metrics, serve_metrics
-from recfs.pbx_service import PbxService
-from recfs.receiver import ReportRouter, serve_reports
+from recfs.service import systemd
+from recfs.http.asgi import bind_socket
+from recfs.service.config import MountOptions, OptionError
+from recfs.vfs.fuse_ops import RecfsOperations
+from recfs.service.metrics import Metrics, serve_metrics
+from recfs.service.pbx_service import PbxService
+from recfs.ingest.receiver import ReportRouter, serve_reports
 from recfs.vfs.core import Owner
 from recfs.vfs.multi import MultiFs
 
-log = logging.getLogger("recfs.mount")
+log = logging.getLogger("recfs.service.mount")
 
 
 class MountError(Exception):

@@ -19,7 +19,7 @@ import trio
 
 from recfs.logs import register_secret
 
-log = logging.getLogger("recfs.gate")
+log = logging.getLogger("recfs.ingest.gate")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

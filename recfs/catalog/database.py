@@ -16,9 +16,9 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from recfs.protocol.reports import CallRecord
+from recfs.pbx.reports import CallRecord
 
-log = logging.getLogger("recfs.catalog")
+log = logging.getLogger("recfs.catalog.database")
 
 SCHEMA_VERSION = 1
 

@@ -24,13 +24,13 @@ from datetime import datetime, timedelta
 
 import trio
 
-from recfs.pbxtime import PbxClock, format_local, parse_local
-from recfs.protocol.cdr import CdrFormatError, parse_cdr_csv
-from recfs.protocol.client import PbxClient
-from recfs.protocol.errors import PbxError
-from recfs.protocol.reports import CallRecord
+from recfs.pbx.clock import PbxClock, format_local, parse_local
+from recfs.pbx.cdr import CdrFormatError, parse_cdr_csv
+from recfs.pbx.client import PbxClient
+from recfs.pbx.errors import PbxError
+from recfs.pbx.reports import CallRecord
 
-log = logging.getLogger("recfs.backfill")
+log = logging.getLogger("recfs.ingest.backfill")
 
 WINDOW = timedelta(days=1)
 MIN_WINDOW = timedelta(minutes=15)

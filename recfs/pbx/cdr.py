@@ -14,7 +14,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-from recfs.protocol.reports import BadReport, CallRecord, call_from_cdr
+from recfs.pbx.reports import BadReport, CallRecord, call_from_cdr
 
 # A header must name at least one of these to be taken for the CDR header.
 _KEY_COLUMNS = {"recording", "callid", "timestart"}

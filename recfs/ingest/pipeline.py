@@ -12,14 +12,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from recfs.catalog import Catalog, Recording
-from recfs.commit import GroupCommit
+from recfs.catalog.database import Catalog, Recording
+from recfs.catalog.writer import GroupCommit
 from recfs.content.store import ContentStore
-from recfs.pbxtime import PbxClock
-from recfs.protocol.reports import BadReport, CallRecord, call_from_cdr, decode_report, event_name
+from recfs.pbx.clock import PbxClock
+from recfs.pbx.reports import BadReport, CallRecord, call_from_cdr, decode_report, event_name
 from recfs.vfs.core import RecordingsFs
 
-log = logging.getLogger("recfs.ingest")
+log = logging.getLogger("recfs.ingest.pipeline")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The little ASGI plumbing that recfs's HTTP servers share: hypercorn (serve_on)
 for the metrics endpoint, and lifespan for the simulator. The report receiver runs
-on recfs.http11, which needs only bind_socket from here."""
+on recfs.http.server, which needs only bind_socket from here."""
 
 from __future__ import annotations
 

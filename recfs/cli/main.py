@@ -29,7 +29,7 @@ def _mount_parser() -> argparse.ArgumentParser:
 
 
 def cmd_mount(argv: list[str]) -> int:
-    from recfs.config import OptionError, build_options, split_options
+    from recfs.service.config import OptionError, build_options, split_options
     from recfs.logs import setup_logging
 
     args = _mount_parser().parse_args(argv)
@@ -41,7 +41,7 @@ def cmd_mount(argv: list[str]) -> int:
         return 2
     foreground = args.foreground or opts.foreground
 
-    from recfs import mount  # pyfuse3 is only needed from here on
+    from recfs.service import mount  # pyfuse3 is only needed from here on
 
     if foreground:
         setup_logging(opts.log_level)
@@ -61,7 +61,7 @@ def cmd_status(argv: list[str]) -> int:
     parser.add_argument("mountpoint")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
-    from recfs.status import read_status, render
+    from recfs.cli.status import read_status, render
     try:
         status = read_status(args.mountpoint)
     except RuntimeError as exc:
@@ -72,7 +72,7 @@ def cmd_status(argv: list[str]) -> int:
 
 
 def cmd_demo(argv: list[str]) -> int:
-    from recfs.demo import main as demo_main
+    from recfs.cli.demo import main as demo_main
     return demo_main(argv)
 
 
@@ -108,7 +108,7 @@ def mount_helper(argv: list[str] | None = None) -> int:
 
 
 def cmd_backfill(argv: list[str]) -> int:
-    from recfs.backfill_cli import main as backfill_main
+    from recfs.cli.backfill import main as backfill_main
     return backfill_main(argv)
 
 

@@ -1,6 +1,6 @@
 """The report receiver: the HTTP endpoint the PBX pushes NewCdr reports to.
 
-recfs.http11 (a small h11-based server: the PBX opens a connection per report,
+recfs.http.server (a small h11-based server: the PBX opens a connection per report,
 and a general server's per-connection cost was most of the receiver's) serves it
 in the mount's own trio loop; this module is the ASGI application, which any ASGI
 server could run. Any path is accepted: the PBX posts to the
@@ -16,13 +16,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from recfs.asgi import not_http
-from recfs.gate import ReportGate
-from recfs.http11 import serve_asgi
+from recfs.http.asgi import not_http
+from recfs.ingest.gate import ReportGate
+from recfs.http.server import serve_asgi
 from recfs.logs import LogBudget
-from recfs.protocol.reports import MAX_REPORT_BYTES
+from recfs.pbx.reports import MAX_REPORT_BYTES
 
-log = logging.getLogger("recfs.receiver")
+log = logging.getLogger("recfs.ingest.receiver")
 _refused = LogBudget(log, "refused a request")
 
 Handler = Callable[[bytes, str], Awaitable[tuple[int, str]]]
@@ -109,5 +109,5 @@ async def serve_reports(router: ReportRouter, sock: socket.socket, stop: trio.Ev
     """Serve on the bound *sock* until *stop* is set."""
     host, port = sock.getsockname()[:2]
     log.info("receiving PBX reports on %s:%d", host, port)
-    await serve_asgi(router, sock, stop, "recfs.receiver.server", trusted=router.trusts,
+    await serve_asgi(router, sock, stop, "recfs.ingest.receiver.server", trusted=router.trusts,
                      task_status=task_status)

@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry, Histogram, make_asgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from recfs.asgi import not_http, serve_on
+from recfs.http.asgi import not_http, serve_on
 
-log = logging.getLogger("recfs.metrics")
+log = logging.getLogger("recfs.service.metrics")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                    10, 30, 60)
@@ -118,4 +118,4 @@ async def serve_metrics(metrics: Metrics, sock: socket.socket, stop: trio.Event,
         if not await not_http(scope, receive, send):
             await prometheus(scope, receive, send)
 
-    await serve_on(app, sock, stop, "recfs.metrics.server", task_status=task_status)
+    await serve_on(app, sock, stop, "recfs.service.metrics.server", task_status=task_status)

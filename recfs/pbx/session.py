@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 
 import trio
 
-from recfs.protocol.client import LoginDeferred, PbxClient
-from recfs.protocol.errors import PbxError
+from recfs.pbx.client import LoginDeferred, PbxClient
+from recfs.pbx.errors import PbxError
 
-log = logging.getLogger("recfs.session")
+log = logging.getLogger("recfs.pbx.session")
 
 CHECK_INTERVAL = 5.0
 

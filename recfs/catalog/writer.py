@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from recfs.catalog import Catalog, Recording
-from recfs.pbxtime import PbxClock
-from recfs.protocol.reports import CallRecord
+from recfs.catalog.database import Catalog, Recording
+from recfs.pbx.clock import PbxClock
+from recfs.pbx.reports import CallRecord
 
-log = logging.getLogger("recfs.commit")
+log = logging.getLogger("recfs.catalog.writer")
 
 MAX_BATCH = 2000
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from recfs.gate import parse_networks
-from recfs.protocol.client import normalise_api_version
-from recfs.protocol.tls import parse_fingerprint
+from recfs.ingest.gate import parse_networks
+from recfs.pbx.client import normalise_api_version
+from recfs.pbx.tls import parse_fingerprint
 
 DEFAULT_LISTEN = ("0.0.0.0", 8260)
 
@@ -241,7 +241,7 @@ _MOUNT_WIDE = {"listen", "metrics", "allow_other", "allow_root", "direct_io", "u
 
 
 def _safe_dir_name(name: str) -> bool:
-    from recfs.protocol.names import BadName, check_recording_name
+    from recfs.pbx.names import BadName, check_recording_name
     try:
         check_recording_name(name)
     except BadName:

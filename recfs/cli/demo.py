@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from recfs.config import build_options
+from recfs.service.config import build_options
 from recfs.logs import setup_logging
 from recfs.sim.config import SimConfig
 from recfs.sim.server import SimulatorInfo, run_simulator
@@ -45,7 +45,7 @@ async def _demo(mountpoint: Path, work: Path, calls_per_minute: float) -> None:
             "cafile": str(info.ca_file), "listen": "127.0.0.1:0",
             "state_dir": str(work / "state"), "cache_dir": str(work / "cache"),
         }, environ={})
-        from recfs.mount import serve_mount
+        from recfs.service.mount import serve_mount
         async with trio.open_nursery() as mount_nursery:
             await mount_nursery.start(serve_mount, opts)
             print(TRY_THIS.format(url=info.base_url, every=60 / max(calls_per_minute, 0.01),

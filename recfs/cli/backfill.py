@@ -16,15 +16,15 @@ from datetime import datetime, timedelta
 
 import trio
 
-from recfs.backfill import WINDOW, Backfill, Summary
-from recfs.catalog import Catalog
-from recfs.config import OptionError, build_options, report_target_fields, split_options
+from recfs.ingest.backfill import WINDOW, Backfill, Summary
+from recfs.catalog.database import Catalog
+from recfs.service.config import OptionError, build_options, report_target_fields, split_options
 from recfs.logs import setup_logging
-from recfs.pbxtime import META_KEY, PbxClock, format_local
-from recfs.protocol.errors import PbxError
-from recfs.protocol.reports import CallRecord
+from recfs.pbx.clock import META_KEY, PbxClock, format_local
+from recfs.pbx.errors import PbxError
+from recfs.pbx.reports import CallRecord
 
-log = logging.getLogger("recfs.backfill")
+log = logging.getLogger("recfs.ingest.backfill")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,9 +112,9 @@ def main(argv: list[str]) -> int:
 
 
 async def _run(opts, args) -> Summary:
-    from recfs.gate import load_secret
-    from recfs.protocol.client import PbxClient, ReportTarget
-    from recfs.protocol.tls import parse_fingerprint, verification
+    from recfs.ingest.gate import load_secret
+    from recfs.pbx.client import PbxClient, ReportTarget
+    from recfs.pbx.tls import parse_fingerprint, verification
 
     state_dir = opts.resolved_state_dir()
     catalog = Catalog(state_dir / "catalog.sqlite")

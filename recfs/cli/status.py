@@ -1,0 +1,64 @@
+"""`recfs status MOUNTPOINT`: what a running mount is doing, read through the mount
+itself (the root directory's STATUS_XATTR). Only the standard library: it must start
+fast and run under any user's Python."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from recfs.vfs.xattrs import STATUS_XATTR
+
+
+def read_status(mountpoint: str) -> dict[str, Any]:
+    try:
+        raw = os.getxattr(mountpoint, STATUS_XATTR)
+    except OSError as exc:
+        raise RuntimeError(f"{mountpoint} is not a running recfs mount ({exc.strerror})") from None
+    return json.loads(raw)
+
+
+def _ago(when: float | None) -> str:
+    if when is None:
+        return "never"
+    seconds = max(0, int(time.time() - when))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return "?"
+
+
+def render(status: dict[str, Any]) -> str:
+    if "pbxs" in status:  # a mount of several PBXs: one block each
+        return "\n".join(f"[{name}] " + render(part) for name, part in status["pbxs"].items())
+    pbx, reports, cache, downloads = (status["pbx"], status["reports"], status["cache"],
+                                      status["downloads"])
+    session = "logged in" if pbx["logged_in"] else f"not logged in ({pbx['problem'] or 'connecting'})"
+    limit = f" of {_size(cache['max_bytes'])}" if cache.get("max_bytes") else ""
+    lines = [
+        f"recfs mount of {status['source']} on {status['mountpoint']}",
+        f"  PBX session:   {session}; last contact {_ago(pbx['last_contact'])}",
+        f"  last report:   {_ago(reports['last'])} ({reports['received']} received, "
+        f"{reports['rejected']} refused)",
+        f"  recordings:    {status['recordings']}",
+        f"  cache:         {cache['files']} files, {_size(cache['bytes'])}{limit}, "
+        f"keeping {_size(cache['min_free'])} free",
+        f"  downloads:     {downloads['running']} running, {downloads['queued']} queued, "
+        f"{downloads['completed']} done, {downloads['failed']} failed",
+        f"  errors (1 h):  {status['errors_last_hour']}",
+    ]
+    lines += [f"    {message}" for message in status["recent_errors"]]
+    return "\n".join(lines)
