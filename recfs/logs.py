@@ -9,6 +9,7 @@ rewrites every record: known secret values, and anything that looks like a
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import re
@@ -125,14 +126,46 @@ class LogBudget:
             self._suppressed += 1
 
 
-def setup_logging(level: str = "INFO", files: list[str] | None = None) -> None:
-    """Log lines to stderr (and to *files*), every line through the redactor."""
+class RequesterGoneFilter(logging.Filter):
+    """On the ``pyfuse3`` logger: ``fuse_<op>(): fuse_reply_* failed with No such
+    file or directory`` becomes INFO.
+
+    The kernel answers a reply with ENOENT when it no longer holds the request: the
+    process that made it was interrupted (a signal, Ctrl-C on a slow read) or has
+    exited, and the kernel dropped the request. Nothing is wrong in recfs, and
+    nobody is left to answer, but pyfuse3 logs it as an ERROR, which would make a
+    reader killed at the wrong moment look like a bug (and fail the tests' log
+    check). Every other pyfuse3 error -- another errno, another message -- stays an
+    error.
+    """
+
+    _REPLY_FAILED = re.compile(r"fuse_\w+\(\): fuse_reply_\* failed with (.*)")
+    _REQUESTER_GONE = os.strerror(errno.ENOENT)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR:
+            return True
+        match = self._REPLY_FAILED.fullmatch(record.getMessage())
+        if match is None or match.group(1) != self._REQUESTER_GONE:
+            return True
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        # The logger let it through as an ERROR; as INFO it shows only where INFO does.
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
+_requester_gone = RequesterGoneFilter()
+
+
+def setup_logging(level: str = "INFO", files: list[str] | None = None,
+                  stderr: bool = True) -> None:
+    """Log lines to stderr (unless not *stderr*) and to *files*, every line through
+    the redactor."""
     if os.environ.get("JOURNAL_STREAM") and not files:
         # stderr is the journal: it stamps the time itself and reads <N> as the priority.
         formatter: logging.Formatter = _JournalFormatter("%(name)s: %(message)s")
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if stderr else []
     handlers += [logging.FileHandler(path) for path in files or []]
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -143,6 +176,9 @@ def setup_logging(level: str = "INFO", files: list[str] | None = None) -> None:
         root.addHandler(handler)
     root.addHandler(recent_problems)
     root.setLevel(level.upper())
+    fuse_log = logging.getLogger("pyfuse3")
+    if _requester_gone not in fuse_log.filters:
+        fuse_log.addFilter(_requester_gone)
     # Per-request lines from the HTTP libraries would drown recfs's own events.
     for noisy in ("httpx", "httpcore", "hpack", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

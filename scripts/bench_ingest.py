@@ -26,10 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests" / "mount"),
-                str(Path(__file__).resolve().parent.parent)]  # conftest, and the tests package it uses
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # the tests package
 
-from conftest import Mount, Sim, receiver_url  # noqa: E402
+from tests.mount.harness import Mount, Sim, receiver_url  # noqa: E402
 
 
 # Calls of the last day, as a live PBX reports them. (Calls of years ago would move

@@ -3,100 +3,30 @@
 Queries are shaped so that nothing scales with the size of the catalog: a day's
 listing walks an index, a file is found by its inode (the rowid) or its name, and
 the directory tree above the days comes from a small `days` table kept by a trigger.
+
+Who touches it: a `Catalog`'s own connection belongs to the trio thread and only
+reads (and creates the schema when the catalog is opened, before anything else
+runs). Every write goes through the one writer (recfs/catalog/writer.py), whose
+thread runs the operations defined here (`insert_calls`, `write_size`,
+`write_meta`) on a connection of its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import sqlite3
 import time
-from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
+from recfs.pbx.clock import META_KEY as OFFSET_KEY
+from recfs.pbx import clock as pbx_clock
+from recfs.catalog.schema import CALL_COLUMNS, bring_up_to_date
 from recfs.pbx.reports import CallRecord
 
 log = logging.getLogger("recfs.catalog.database")
-
-SCHEMA_VERSION = 1
-
-_CALL_COLUMNS = [f.name for f in fields(CallRecord)]
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS recordings (
-    ino INTEGER PRIMARY KEY,      -- the stable inode number: derived from the name
-    name TEXT NOT NULL UNIQUE,
-    day TEXT NOT NULL,            -- PBX-local YYYY-MM-DD: the directory
-    epoch INTEGER,                -- UTC start of the call: mtime
-    {", ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in _CALL_COLUMNS if c != "name")},
-    size INTEGER,                 -- exact byte size once known, else NULL
-    added REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS recordings_by_day ON recordings(day, ino);
-CREATE TABLE IF NOT EXISTS days (
-    day TEXT PRIMARY KEY,
-    count INTEGER NOT NULL,
-    newest REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS recordings_count_day AFTER INSERT ON recordings BEGIN
-    INSERT INTO days(day, count, newest) VALUES (NEW.day, 1, NEW.added)
-    ON CONFLICT(day) DO UPDATE SET count = count + 1, newest = NEW.added;
-END;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-"""
-
-# The by-number/ and by-type/ views: small tables kept by triggers, so that listing
-# a view never scans the recordings. Empty fields take no part.
-_VIEWS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS numbers (      -- rowid: the listing cursor of by-number/
-    number TEXT NOT NULL UNIQUE,
-    count INTEGER NOT NULL,
-    newest REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS participants (
-    number TEXT NOT NULL,
-    ino INTEGER NOT NULL,
-    PRIMARY KEY (number, ino)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS type_days (
-    type TEXT NOT NULL,
-    day TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    newest REAL NOT NULL,
-    PRIMARY KEY (type, day)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS recordings_by_type_day ON recordings(type, day, ino);
-CREATE TRIGGER IF NOT EXISTS recordings_views AFTER INSERT ON recordings BEGIN
-    INSERT INTO participants(number, ino) SELECT NEW.caller, NEW.ino WHERE NEW.caller != ''
-        ON CONFLICT DO NOTHING;
-    INSERT INTO participants(number, ino) SELECT NEW.callee, NEW.ino WHERE NEW.callee != ''
-        ON CONFLICT DO NOTHING;
-    INSERT INTO numbers(number, count, newest) SELECT NEW.caller, 1, NEW.added
-        WHERE NEW.caller != ''
-        ON CONFLICT(number) DO UPDATE SET count = count + 1, newest = NEW.added;
-    INSERT INTO numbers(number, count, newest) SELECT NEW.callee, 1, NEW.added
-        WHERE NEW.callee != '' AND NEW.callee != NEW.caller
-        ON CONFLICT(number) DO UPDATE SET count = count + 1, newest = NEW.added;
-    INSERT INTO type_days(type, day, count, newest) SELECT NEW.type, NEW.day, 1, NEW.added
-        WHERE NEW.type != ''
-        ON CONFLICT(type, day) DO UPDATE SET count = count + 1, newest = NEW.added;
-END;
-"""
-
-# A catalog written before the views existed gets them filled once.
-_VIEWS_FILL = """
-INSERT OR IGNORE INTO participants(number, ino)
-    SELECT caller, ino FROM recordings WHERE caller != ''
-    UNION SELECT callee, ino FROM recordings WHERE callee != '';
-INSERT OR IGNORE INTO numbers(number, count, newest)
-    SELECT number, COUNT(*), MAX(r.added) FROM participants p JOIN recordings r USING (ino)
-    GROUP BY number ORDER BY MIN(r.added);
-INSERT OR IGNORE INTO type_days(type, day, count, newest)
-    SELECT type, day, COUNT(*), MAX(added) FROM recordings WHERE type != '' GROUP BY type, day;
-INSERT OR REPLACE INTO meta VALUES ('views', '1');
-"""
 
 # File inodes live in [2**62, 2**63), directory inodes in [2**61, 2**62): disjoint by
 # construction, never 1 (the root), and below 2**63 so SQLite's rowid holds them.
@@ -121,6 +51,15 @@ def dir_ino(path: str) -> int:
     return DIR_INO_BASE | (_hash64("dir:" + path) & (DIR_INO_BASE - 1))
 
 
+class Summary(NamedTuple):
+    """A directory's worth of recordings: a day, or a type's day ("TYPE/DAY")."""
+
+    key: str
+    recordings: int
+    newest: float  # when the newest of them was added: what changed
+    last_call: int  # start of the latest call in it (UTC epoch): the directory's mtime
+
+
 @dataclass(frozen=True)
 class Recording:
     ino: int
@@ -135,23 +74,13 @@ class Recording:
         return self.call.name
 
 
-_LOCAL_STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 
 
 def call_epoch(call: CallRecord, utc_offset: int | None) -> int | None:
     """UTC start of the call: the callid's integer part; failing that, the PBX-local
-    timestart less the PBX's learned UTC offset."""
-    if utc_offset is not None and not _CALLID_EPOCH.match(call.callid) \
-            and _LOCAL_STAMP.match(call.timestart):
-        try:
-            naive = datetime.strptime(call.timestart, "%Y-%m-%d %H:%M:%S")
-        except ValueError:
-            return None
-        return int(naive.replace(tzinfo=timezone.utc).timestamp()) - utc_offset
-    return call.epoch
-
-
-_CALLID_EPOCH = re.compile(r"^\d{9,11}(?:\.\d+)?$")
+    timestart less the PBX's learned UTC offset; None when neither dates it (never
+    the host's time zone): the call's mtime is then when it was added."""
+    return pbx_clock.call_epoch(call.callid, call.timestart, utc_offset)
 
 
 def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None,
@@ -166,10 +95,10 @@ def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None,
         return None
     epoch = call_epoch(call, utc_offset)
     added = time.time()
-    values = [getattr(call, c) for c in _CALL_COLUMNS]
-    columns = ", ".join(_CALL_COLUMNS)
-    marks = ", ".join("?" for _ in _CALL_COLUMNS)
-    day = call.day
+    values = [getattr(call, c) for c in CALL_COLUMNS]
+    columns = ", ".join(CALL_COLUMNS)
+    marks = ", ".join("?" for _ in CALL_COLUMNS)
+    day = pbx_clock.call_day(call.timestart, call.name, call.callid, utc_offset)
     for salt in range(16):
         ino = file_ino(call.name, salt, namespace)
         try:
@@ -184,6 +113,32 @@ def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None,
     raise RuntimeError(f"no free inode number for {call.name!r}")
 
 
+def insert_calls(db: sqlite3.Connection, calls: list[CallRecord], utc_offset: int | None,
+                 namespace: str = "") -> list[Recording | None]:
+    """The writer's operation for new calls (inside its transaction): each a new
+    Recording, or None where the name was known (reports come twice; the first one
+    wins). Also keeps meta `last_seen`, the newest PBX-local call start recfs has
+    heard of, and the PBX's UTC offset *utc_offset* (seconds east of UTC, as
+    learned from the PBX; it dates calls whose callid carries no time)."""
+    results = [_insert(db, call, utc_offset, namespace) for call in calls]
+    newest = max((c.timestart for c in calls if pbx_clock.parse_stamp(c.timestart) is not None),
+                 default="")
+    if newest:
+        db.execute("INSERT INTO meta VALUES ('last_seen', ?) ON CONFLICT(key) DO UPDATE "
+                   "SET value = max(value, excluded.value)", (newest,))
+    if utc_offset is not None:
+        write_meta(db, OFFSET_KEY, str(utc_offset))
+    return results
+
+
+def write_size(db: sqlite3.Connection, ino: int, size: int) -> None:
+    db.execute("UPDATE recordings SET size = ? WHERE ino = ?", (size, ino))
+
+
+def write_meta(db: sqlite3.Connection, key: str, value: str) -> None:
+    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
 class Catalog:
     def __init__(self, path: Path | str, namespace: str = ""):
         self.path = Path(path)
@@ -195,63 +150,34 @@ class Catalog:
         # FULL: an acknowledged report must survive a crash *and* a power cut.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        has_views = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'recordings_views'").fetchone()
-        self._db.executescript(_VIEWS_SCHEMA)
-        if not has_views:
-            self._db.executescript(f"BEGIN; {_VIEWS_FILL} COMMIT;")
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        try:
+            bring_up_to_date(self._db, str(self.path))
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
 
-    # -- writing ---------------------------------------------------------------
-
-    def add(self, call: CallRecord) -> Recording | None:
-        """Record *call* durably. Returns the new Recording, or None if the name was
-        known already (reports come twice; the first one wins)."""
-        return self.add_many([call])[0]
-
     def connect(self) -> sqlite3.Connection:
-        """Another connection to the same catalog (for a writer thread)."""
+        """The writer's own connection (recfs/catalog/writer.py: only its thread
+        uses it)."""
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        # FULL: an acknowledged report must survive a crash *and* a power cut.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         return db
 
-    def add_many(self, calls: list[CallRecord], db: sqlite3.Connection | None = None,
-                 utc_offset: int | None = None) -> list[Recording | None]:
-        """Record *calls* in one transaction (one fsync for all): each a new Recording,
-        or None where the name was known. Also keeps meta `last_seen`, the newest
-        PBX-local call start recfs has heard of. *utc_offset* (seconds east of UTC,
-        as learned from the PBX) dates calls whose callid carries no time."""
-        db = db if db is not None else self._db
-        results: list[Recording | None] = []
-        newest = ""
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for call in calls:
-                results.append(_insert(db, call, utc_offset, self.namespace))
-                if _LOCAL_STAMP.match(call.timestart) and call.timestart > newest:
-                    newest = call.timestart
-            if newest:
-                db.execute("INSERT INTO meta VALUES ('last_seen', ?) ON CONFLICT(key) DO UPDATE "
-                           "SET value = max(value, excluded.value)", (newest,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return results
-
-    def set_size(self, ino: int, size: int) -> None:
-        self._db.execute("UPDATE recordings SET size = ? WHERE ino = ?", (size, ino))
+    def data_version(self) -> int:
+        """Changes whenever another connection (the writer, another process)
+        committed: what CatalogWatch polls."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
 
     # -- reading ---------------------------------------------------------------
 
     @staticmethod
     def _recording(row: sqlite3.Row) -> Recording:
-        call = CallRecord(**{c: row[c] for c in _CALL_COLUMNS})
+        call = CallRecord(**{c: row[c] for c in CALL_COLUMNS})
         epoch = row["epoch"]
         return Recording(row["ino"], row["day"], float(epoch if epoch is not None else row["added"]),
                          row["size"], row["added"], call)
@@ -298,35 +224,39 @@ class Catalog:
                           CallRecord(name, caller=caller, callee=callee, type=type_))
                 for ino, name, day, epoch, size, added, caller, callee, type_ in rows]
 
-    def numbers(self, after: int = 0, limit: int = 64) -> list[tuple[int, str, float]]:
-        """(cursor, number, newest) for by-number/, in order of first appearance."""
-        return [tuple(row) for row in self._db.execute(
-            "SELECT rowid, number, newest FROM numbers WHERE rowid > ? ORDER BY rowid LIMIT ?",
+    def numbers(self, after: int = 0, limit: int = 64) -> list[tuple[int, str, int]]:
+        """(cursor, number, latest call) for by-number/, in order of first appearance."""
+        return [(rowid, number, last_call) for rowid, number, last_call in self._db.execute(
+            "SELECT rowid, number, last_call FROM numbers WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (after, limit))]
 
-    def number(self, number: str) -> tuple[int, float] | None:
-        """(count, newest) of a number that took part in some recorded call."""
-        row = self._db.execute("SELECT count, newest FROM numbers WHERE number = ?",
+    def number(self, number: str) -> tuple[int, int] | None:
+        """(count, latest call) of a number that took part in some recorded call."""
+        row = self._db.execute("SELECT count, last_call FROM numbers WHERE number = ?",
                                (number,)).fetchone()
-        return tuple(row) if row else None
+        return (row[0], row[1]) if row else None
 
-    def type_days(self) -> list[tuple[str, str, float]]:
-        return [tuple(row) for row in self._db.execute("SELECT type, day, newest FROM type_days")]
+    def type_days(self, since: float = 0.0) -> list[Summary]:
+        """(type, day) summaries changed after *since* (a time recordings were added)."""
+        return [Summary(f"{type_}/{day}", count, newest, last_call)
+                for type_, day, count, newest, last_call in self._db.execute(
+                    "SELECT type, day, count, newest, last_call FROM type_days WHERE newest > ?",
+                    (since,))]
 
-    def days(self) -> list[tuple[str, int, float]]:
-        """(day, number of recordings, time the newest was added), for every day."""
-        return [(r["day"], r["count"], r["newest"])
-                for r in self._db.execute("SELECT day, count, newest FROM days ORDER BY day")]
+    def days(self, since: float = 0.0) -> list[Summary]:
+        """Day summaries changed after *since* (a time recordings were added), by day."""
+        return [Summary(*row) for row in self._db.execute(
+            "SELECT day, count, newest, last_call FROM days WHERE newest > ? ORDER BY day",
+            (since,))]
+
+    def known_bytes(self) -> int:
+        """The sum of every size known (statfs)."""
+        return self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM days").fetchone()[0]
 
     def count(self) -> int:
         return self._db.execute("SELECT COALESCE(SUM(count), 0) FROM days").fetchone()[0]
-
-    def total_known_size(self) -> int:
-        return self._db.execute("SELECT COALESCE(SUM(size), 0) FROM recordings").fetchone()[0]
 
     def meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))

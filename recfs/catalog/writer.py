@@ -1,54 +1,100 @@
-"""Group commit: reports that arrive together share one SQLite transaction.
+"""The catalog's one writer: every write of a process goes through here.
 
-Each report's handler waits until the transaction that holds its recording has
-committed (synchronous=FULL: on disk, through a power cut), and only then is the
-report answered 200. While one batch is being committed in a worker thread, the next
-batch gathers; so under a burst one fsync serves many reports, and a lone report
-still costs only its own commit. SQLite work runs on a dedicated connection in a
-thread, so the trio loop (FUSE, the receiver) never waits for the disk.
+Rules (read them before touching the catalog):
+
+- One SQLite connection writes, and one thread uses it: the writer thread started
+  by `CatalogWriter.run`. No other connection of this process writes the catalog;
+  the trio thread only reads, through `Catalog`'s own connection (WAL: readers
+  never wait for the writer, and see only committed transactions).
+- A caller hands over an operation and awaits it; it is answered only after the
+  transaction holding the operation committed (synchronous=FULL: on disk, through a
+  power cut). A report is acknowledged after that, never before.
+- Operations that arrive together share one transaction (group commit): under a
+  burst one fsync serves many reports, a lone report costs its own commit. Each
+  operation runs inside a SAVEPOINT, so one operation that fails (a bug, a
+  constraint) fails alone; a COMMIT that fails (disk full, I/O error) fails every
+  operation in it, and nothing of it is acknowledged.
+- The trio loop never waits for the disk: it only queues work and is woken when
+  the thread is done. Between two awaits nothing here blocks.
+- Another process (`recfs backfill` beside a mount) has its own writer; SQLite
+  serialises the two (busy_timeout), and readers learn of changes through
+  `CatalogWatch` (recfs/catalog/watch.py).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import sqlite3
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
-from recfs.catalog.database import Catalog, Recording
-from recfs.pbx.clock import PbxClock
+from recfs.catalog.database import Catalog, Recording, insert_calls, write_meta, write_size
+from recfs.catalog.watch import CatalogWatch
 from recfs.pbx.reports import CallRecord
 
 log = logging.getLogger("recfs.catalog.writer")
 
+# Operations per transaction at most: bounds how long one commit holds the others.
 MAX_BATCH = 2000
+
+Operation = Callable[[sqlite3.Connection], Any]
 
 
 @dataclass
 class _Pending:
-    call: CallRecord
+    operation: Operation
     done: trio.Event = field(default_factory=trio.Event)
-    result: Recording | None = None
+    result: Any = None
     error: BaseException | None = None
 
 
-class GroupCommit:
-    def __init__(self, catalog: Catalog, clock: PbxClock | None = None):
+@dataclass
+class WriterStats:
+    transactions: int = 0
+    failed_commits: int = 0
+    last_error: str | None = None
+
+
+class CatalogWriter:
+    def __init__(self, catalog: Catalog, watch: CatalogWatch | None = None):
         self.catalog = catalog
-        self.clock = clock
-        self._db: sqlite3.Connection | None = None
+        self.watch = watch
+        self.stats = WriterStats()
         self._queue: list[_Pending] = []
         self._wakeup = trio.Event()
         self._running = False
-        self.batches = 0
-        self.committed = 0
+        self._jobs: queue.SimpleQueue[
+            tuple[list[_Pending], Callable[[Exception | None], None]] | None] = queue.SimpleQueue()
 
-    async def add(self, call: CallRecord) -> Recording | None:
-        """Durably record *call*; returns the new Recording or None if it was known."""
+    # -- what callers use --------------------------------------------------------
+
+    async def add(self, call: CallRecord, utc_offset: int | None = None) -> Recording | None:
+        """Durably record *call*: the new Recording, or None if its name was known."""
+        result: list[Recording | None] = await self._submit(
+            lambda db: insert_calls(db, [call], utc_offset, self.catalog.namespace))
+        return result[0]
+
+    async def add_many(self, calls: list[CallRecord],
+                       utc_offset: int | None = None) -> list[Recording | None]:
+        """Several calls (a back-fill window) as one operation."""
+        return await self._submit(
+            lambda db: insert_calls(db, calls, utc_offset, self.catalog.namespace))
+
+    async def set_size(self, ino: int, size: int) -> None:
+        await self._submit(lambda db: write_size(db, ino, size))
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._submit(lambda db: write_meta(db, key, value))
+
+    async def _submit(self, operation: Operation) -> Any:
         if not self._running:
-            raise RuntimeError("group commit is not running")
-        pending = _Pending(call)
+            raise RuntimeError("the catalog writer is not running")
+        pending = _Pending(operation)
         self._queue.append(pending)
         self._wakeup.set()
         await pending.done.wait()
@@ -56,43 +102,112 @@ class GroupCommit:
             raise pending.error
         return pending.result
 
-    async def add_many(self, calls: list[CallRecord]) -> list[Recording | None]:
-        """Several calls in one go (back-fill): one transaction per call list."""
-        return await trio.to_thread.run_sync(self._commit_calls, calls)
+    # -- the task and its thread -------------------------------------------------
 
-    def _commit_calls(self, calls: list[CallRecord]) -> list[Recording | None]:
-        assert self._db is not None
-        return self.catalog.add_many(calls, db=self._db, utc_offset=self.clock.offset if self.clock else None)
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        token = trio.lowlevel.current_trio_token()
+        ready = trio.Event()
+        failure: list[BaseException] = []
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        self._db = await trio.to_thread.run_sync(self.catalog.connect)
-        self._running = True
-        task_status.started()
+        def started(error: BaseException | None) -> None:
+            if error is not None:
+                failure.append(error)
+            ready.set()
+
+        thread = threading.Thread(target=self._thread_main, args=(token, started),
+                                  name="recfs-catalog-writer", daemon=True)
+        thread.start()
         try:
+            await ready.wait()
+            if failure:
+                raise failure[0]
+            self._running = True
+            task_status.started()
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 while self._queue:
                     batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                    calls = [p.call for p in batch]
-                    try:
-                        # Shielded: once a transaction is in flight its waiters learn
-                        # how it ended; an unmount waits for the commit (milliseconds).
-                        with trio.CancelScope(shield=True):
-                            results = await trio.to_thread.run_sync(self._commit_calls, calls)
-                    except Exception as exc:
-                        log.error("catalog commit of %d report(s) failed: %s", len(batch), exc)
-                        for p in batch:
-                            p.error = exc
-                            p.done.set()
-                        continue
-                    self.batches += 1
-                    self.committed += len(batch)
-                    for p, rec in zip(batch, results):
-                        p.result = rec
-                        p.done.set()
+                    # Shielded: once a transaction is in flight its callers learn how
+                    # it ended; an unmount waits for the commit (milliseconds).
+                    with trio.CancelScope(shield=True):
+                        await self._commit(batch)
+                    if self.watch is not None:
+                        self.watch.poke()
         finally:
             self._running = False
-            db, self._db = self._db, None
-            if db is not None:
-                db.close()
+            for pending in self._queue:
+                pending.error = RuntimeError("the catalog writer stopped")
+                pending.done.set()
+            self._queue = []
+            self._jobs.put(None)
+            # The thread only finishes what it holds (nothing, after a shielded
+            # commit) and closes its connection.
+            await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        finished = trio.Event()
+        outcome: list[Exception | None] = []
+
+        def done(error: Exception | None) -> None:
+            outcome.append(error)
+            finished.set()
+
+        self._jobs.put((batch, done))
+        await finished.wait()
+        self.stats.transactions += 1
+        if outcome[0] is not None:
+            self.stats.failed_commits += 1
+            self.stats.last_error = str(outcome[0])
+        for pending in batch:
+            pending.done.set()
+
+    def _thread_main(self, token: trio.lowlevel.TrioToken,
+                     started: Callable[[BaseException | None], None]) -> None:
+        try:
+            db = self.catalog.connect()
+        except BaseException as exc:  # the catalog cannot be opened: run() raises it
+            token.run_sync_soon(started, exc)
+            return
+        token.run_sync_soon(started, None)
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                batch, finished = job
+                error = self._transaction(db, batch)
+                try:
+                    token.run_sync_soon(finished, error)
+                except trio.RunFinishedError:
+                    return
+        finally:
+            db.close()
+
+    def _transaction(self, db: sqlite3.Connection, batch: list[_Pending]) -> Exception | None:
+        """In the writer thread: every operation of *batch* in one transaction; the
+        error that failed the whole of it, if any."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for pending in batch:
+                db.execute("SAVEPOINT op")
+                try:
+                    pending.result = pending.operation(db)
+                except Exception as exc:
+                    db.execute("ROLLBACK TO op")
+                    pending.error = exc
+                    log.error("catalog write failed: %s", exc, exc_info=True)
+                db.execute("RELEASE op")
+            db.execute("COMMIT")
+        except Exception as exc:
+            log.error("catalog commit of %d operation(s) failed: %s", len(batch), exc)
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for pending in batch:
+                pending.result = None
+                pending.error = exc
+            return exc
+        return None

@@ -2,8 +2,9 @@
 the catalog on demand, with a progress bar and a summary.
 
 Uses the same options (and so the same state_dir, catalog and credentials) as the
-mount; it may run while the mount is up (SQLite serialises the writers, and the
-mount picks up new days by itself).
+mount, and the mount's own builder (recfs/service/parts.py); it may run while the
+mount is up (SQLite serialises the two processes' writers, and the mount's catalog
+watch sees the new rows).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from datetime import datetime, timedelta
 import trio
 
 from recfs.ingest.backfill import WINDOW, Backfill, Summary
-from recfs.catalog.database import Catalog
-from recfs.service.config import OptionError, build_options, report_target_fields, split_options
+from recfs.ingest.pipeline import Ingest
 from recfs.logs import setup_logging
-from recfs.pbx.clock import META_KEY, PbxClock, format_local
+from recfs.pbx.clock import format_local
 from recfs.pbx.errors import PbxError
-from recfs.pbx.reports import CallRecord
+from recfs.progress import terminal_progress
+from recfs.service.config import MountOptions, OptionError, build_options, split_options
+from recfs.service.parts import open_pbx
 
 log = logging.getLogger("recfs.ingest.backfill")
 
@@ -38,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--window-hours", type=float, default=None,
                    help="hours of history per CDR request, kept (halved on refusal); default "
                         f"{WINDOW.total_seconds() / 3600:.0f} at first, doubled after quiet windows")
+    p.add_argument("--pbx", metavar="NAME", help="with a config of several PBXs: the [pbx.NAME] "
+                   "table to back-fill")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="the mount's options (user, password_file, cafile, state_dir, ...)")
@@ -63,31 +67,38 @@ def _until(text: str) -> datetime:
 
 
 class ProgressBar:
+    """Progress through the range, in PBX-local days, with the counts so far; shown
+    (by recfs.progress) only when stderr is a terminal."""
+
+    DAY = 86400.0
+
     def __init__(self, start: datetime, end: datetime, enabled: bool):
         self.start, self.end = start, end
-        self.enabled = enabled
+        self.span = max((end - start).total_seconds(), 1.0)
+        self.done_days = 0.0
+        # The bar appears at the first progress after `delay`: below the line that
+        # announces the range, and never for a range imported at once.
+        self.display = terminal_progress(
+            "back-fill", enabled=enabled, total=self.span / self.DAY, unit="day", delay=0.5,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} days "
+                       "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
     def __call__(self, at: datetime, summary: Summary) -> None:
-        if not self.enabled:
-            return
-        total = max((self.end - self.start).total_seconds(), 1.0)
-        share = min(max((at - self.start).total_seconds() / total, 0.0), 1.0)
-        filled = int(share * 30)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {share * 100:5.1f}% "
-                         f"{at:%Y-%m-%d}  new {summary.new}  known {summary.known}  "
-                         f"malformed {len(summary.malformed)} ")
-        sys.stderr.flush()
+        seconds = min(max((at - self.start).total_seconds(), 0.0), self.span)
+        days = self.span / self.DAY if at >= self.end else seconds / self.DAY
+        self.display.advance(days - self.done_days,
+                             {"day": f"{at:%Y-%m-%d}", "new": summary.new,
+                              "known": summary.known, "malformed": len(summary.malformed)})
+        self.done_days = days
 
     def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+        self.display.close()
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         opts = build_options(args.source, os.getcwd(), split_options(*args.options))
-        opts.read_password()  # fail now, clearly
     except OptionError as exc:
         print(f"recfs: {exc}", file=sys.stderr)
         return 2
@@ -111,53 +122,51 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-async def _run(opts, args) -> Summary:
-    from recfs.ingest.gate import load_secret
-    from recfs.pbx.client import PbxClient, ReportTarget
-    from recfs.pbx.tls import parse_fingerprint, verification
-
-    state_dir = opts.resolved_state_dir()
-    catalog = Catalog(state_dir / "catalog.sqlite")
+async def _run(opts: MountOptions, args: argparse.Namespace) -> Summary:
+    if opts.pbxs:
+        if args.pbx not in opts.pbxs:
+            raise OptionError(f"the config has several PBXs: name one with --pbx "
+                              f"({', '.join(sorted(opts.pbxs))})")
+        name, pbx_opts = args.pbx, opts.pbxs[args.pbx]
+    elif args.pbx:
+        raise OptionError("--pbx names a [pbx.NAME] table of the config, and it has none")
+    else:
+        name, pbx_opts = "", opts
+    # The mount's own builder: the same report target (a login made here never
+    # diverts the PBX's pushes away from a running mount), clock and inode numbers.
+    parts = open_pbx(pbx_opts, name, opts.listen[1])
+    client = parts.client
+    ingest = Ingest(parts.writer, parts.clock, on_new=lambda rec: None)
     try:
-        stored = catalog.meta(META_KEY)
-        clock = PbxClock(int(stored) if stored and stored.lstrip("-").isdigit() else None,
-                         save=lambda offset: catalog.set_meta(META_KEY, str(offset)))
-        # Register the same report target as the mount would, so that a login made
-        # here never diverts the PBX's pushes away from a running mount.
-        target = report_target_fields(opts, opts.listen[1], load_secret(state_dir))
-        pin = parse_fingerprint(opts.fingerprint) if opts.fingerprint else None
-        client = PbxClient(opts.source, opts.user, opts.read_password,
-                           api_version=opts.api_version, target=ReportTarget(*target),
-                           verify=verification(opts.cafile, opts.insecure, pin), fingerprint=pin,
-                           io_timeout=opts.io_timeout)
-
-        async def sink(calls: list[CallRecord]) -> tuple[int, int]:
-            for call in calls:
-                clock.learn(call.callid, call.timestart)
-            results = await trio.to_thread.run_sync(
-                lambda: catalog.add_many(calls, utc_offset=clock.offset))
-            new = sum(1 for r in results if r is not None)
-            return new, len(results) - new
-
-        end = args.until or clock.now_bounds()[1]
+        end = args.until or parts.clock.now_bounds()[1]
         if end < args.since:
             raise OptionError("--until is before --since")
-        bar = ProgressBar(args.since, end, enabled=not args.quiet and sys.stderr.isatty())
         if args.window_hours is None:
-            backfill = Backfill(client, sink)
+            backfill = Backfill(client, ingest.add_calls)
         else:
-            backfill = Backfill(client, sink, window=timedelta(hours=args.window_hours), grow=False)
-        try:
-            print(f"importing CDRs {format_local(args.since)} .. {format_local(end)} (PBX time)",
-                  file=sys.stderr)
-            return await backfill.run_range(args.since, end, bar)
-        finally:
-            bar.done()
-            with trio.move_on_after(5):
-                try:
-                    await client.logout()
-                except PbxError:
-                    pass
-            await client.aclose()
+            backfill = Backfill(client, ingest.add_calls,
+                                window=timedelta(hours=args.window_hours), grow=False)
+        bar = ProgressBar(args.since, end, enabled=not args.quiet)
+        stopped: PbxError | None = None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(parts.writer.run)  # the writer runs while rows come in
+            try:
+                print(f"importing CDRs {format_local(args.since)} .. {format_local(end)} "
+                      f"(PBX time)", file=sys.stderr)
+                summary = await backfill.run_range(args.since, end, bar)
+            except PbxError as exc:  # raised outside the nursery: not wrapped in a group
+                stopped = exc
+            finally:
+                bar.done()
+                with trio.move_on_after(5):
+                    try:
+                        await client.logout()
+                    except PbxError:
+                        pass
+                await client.aclose()
+            nursery.cancel_scope.cancel()
+        if stopped is not None:
+            raise stopped
+        return summary
     finally:
-        catalog.close()
+        parts.catalog.close()

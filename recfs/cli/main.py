@@ -50,7 +50,9 @@ def cmd_mount(argv: list[str]) -> int:
     def start_logging() -> None:
         log_file = opts.log_file or str(opts.resolved_state_dir() / "recfs.log")
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
-        setup_logging(opts.log_level, files=[log_file])
+        # The log goes to the file only: the terminal gets one line from the
+        # parent, "ready" or what went wrong (run_in_background).
+        setup_logging(opts.log_level, files=[log_file], stderr=False)
 
     return mount.run_in_background(opts, start_logging)
 

@@ -34,10 +34,11 @@ def _ago(when: float | None) -> str:
 def _size(value: int | None) -> str:
     if value is None:
         return "?"
+    amount = float(value)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
+        if amount < 1024 or unit == "TiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
     return "?"
 
 
@@ -61,4 +62,11 @@ def render(status: dict[str, Any]) -> str:
         f"  errors (1 h):  {status['errors_last_hour']}",
     ]
     lines += [f"    {message}" for message in status["recent_errors"]]
+    catalog = status.get("catalog") or {}
+    if catalog.get("failed_commits"):
+        lines.append(f"  catalog:       {catalog['failed_commits']} commit(s) failed, last: "
+                     f"{catalog['last_error']}")
+    for task, health in sorted((status.get("task_failures") or {}).items()):
+        lines.append(f"  task {task}: failed {health['failures']} time(s), restarted; last "
+                     f"{_ago(health['last_failure'])}: {health['last_error']}")
     return "\n".join(lines)

@@ -4,14 +4,14 @@ for a mirror or a backup staging area.
 Walks the catalog a day at a time (never the whole of it in memory), runs at most
 max_downloads background fetches (the download slots still put readers first), and
 stops when the cache is full rather than evicting what it has just fetched. Progress
-goes to the log (counts, every few seconds) and, only when stderr is a terminal, to a
-one-line progress display.
+goes to the log (counts, every few seconds) and to the Progress it is given (one
+recording a step, with the counts so far): the mount gives it a terminal display
+when stderr is a terminal, and nothing otherwise. This module writes to no terminal.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Iterator
 
@@ -19,6 +19,7 @@ import trio
 
 from recfs.catalog.database import Catalog, Recording
 from recfs.content.store import ContentStore
+from recfs.progress import NoProgress, Progress
 
 log = logging.getLogger("recfs.prefetch")
 
@@ -26,7 +27,7 @@ REPORT_INTERVAL = 10.0
 
 
 def newest_first(catalog: Catalog) -> Iterator[Recording]:
-    for day, _count, _newest in reversed(catalog.days()):
+    for day, *_ in reversed(catalog.days()):
         recordings: list[Recording] = []
         cursor = 0
         while True:
@@ -47,11 +48,11 @@ def _age(rec: Recording) -> tuple[float, tuple[int, ...], str]:
 
 class PrefetchAll:
     def __init__(self, catalog: Catalog, content: ContentStore, *, workers: int,
-                 terminal: bool | None = None):
+                 progress: Progress | None = None):
         self.catalog = catalog
         self.content = content
         self.workers = workers
-        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.progress: Progress = progress if progress is not None else NoProgress()
         self.total = 0
         self.seen = 0
         self.already = 0
@@ -69,15 +70,21 @@ class PrefetchAll:
         return cache.used_bytes + rec.size <= cache.max_bytes
 
     async def run(self) -> None:
+        # Counted afresh: the mount starts the walk over if it failed.
+        self.seen = self.already = self.fetched = self.failed = self.bytes = 0
+        self.stopped_full = False
         self.total = self.catalog.count()
         started = time.monotonic()
         log.info("prefetch=all: %d recordings in the catalog; fetching those not cached, "
                  "newest first", self.total)
+        self.progress.total(self.total)
         walk = newest_first(self.catalog)
-        async with trio.open_nursery() as nursery:
-            for _ in range(self.workers):
-                nursery.start_soon(self._worker, walk)
-        self._report(final=True)
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.workers):
+                    nursery.start_soon(self._worker, walk)
+        finally:
+            self.progress.close()  # also when the mount ends first
         log.info("prefetch=all %s: %d fetched (%.1f MiB), %d were cached already, %d failed, "
                  "%d recordings, %.0f s", "stopped, the cache is full" if self.stopped_full else
                  "done", self.fetched, self.bytes / 2**20, self.already, self.failed, self.total,
@@ -92,6 +99,7 @@ class PrefetchAll:
             self.seen += 1
             if self.content.is_cached(rec):
                 self.already += 1
+                self._advance()
                 continue
             if not self._fits(rec):
                 # Fetching more would only evict what this walk just brought in.
@@ -103,16 +111,16 @@ class PrefetchAll:
                 self.bytes += self.content.known_size(rec) or 0
             else:
                 self.failed += 1
+            self._advance()
             self._report()
 
-    def _report(self, final: bool = False) -> None:
+    def _advance(self) -> None:
+        self.progress.advance(1, {"fetched": f"{self.fetched} ({self.bytes / 2**20:.1f} MiB)",
+                                  "cached already": self.already, "failed": self.failed})
+
+    def _report(self) -> None:
         now = time.monotonic()
-        if self.terminal:
-            sys.stderr.write(f"\rprefetch=all: {self.seen}/{self.total} "
-                             f"({self.fetched} fetched, {self.failed} failed, "
-                             f"{self.bytes / 2**20:.1f} MiB)" + ("\n" if final else ""))
-            sys.stderr.flush()
-        if not final and now - self._last_report >= REPORT_INTERVAL:
+        if now - self._last_report >= REPORT_INTERVAL:
             self._last_report = now
             log.info("prefetch=all: %d of %d recordings done (%d fetched, %.1f MiB; %d failed)",
                      self.seen, self.total, self.fetched, self.bytes / 2**20, self.failed)

@@ -2,8 +2,19 @@
 
 One Transfer per recording at a time, shared by every reader and the prefetcher;
 reads wait only for the bytes they need; a finished file is checked against its
-announced size, fsynced and renamed into the cache, and its size recorded in the
-catalog.
+announced size, fsynced and renamed into the cache. A size is recorded in the
+catalog as soon as a transfer learns it (Content-Length or the WAV header), so a
+`stat` costs the PBX one handshake, once.
+
+A transfer runs only while someone wants what it has not delivered yet (transfer.py,
+`Interest`): an open file, a stat still waiting for the size, a prefetch or
+read-ahead. Once they have all gone it is *abandoned*: it stops reading (the PBX soon
+stops sending, TCP flow control) and lingers for `DownloadPolicy.linger` seconds in
+case someone comes back -- the open that follows every lookup, a player after a
+probe -- and is stopped after that, or at once when anyone waits for its slot
+(slots.py) or it has no slot. Stopping closes the connection and deletes the partial
+file; the next reader starts afresh (a random is good for one download, and the PBX
+has no Range: there is nothing to resume).
 """
 
 from __future__ import annotations
@@ -11,16 +22,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
+from cachetools import LRUCache, TTLCache
 
 from recfs.catalog.database import Catalog, Recording
+from recfs.catalog.writer import CatalogWriter
 from recfs.content.cache import CacheFull, DiskCache
 from recfs.content.readahead import ReadAhead
 from recfs.content.slots import Slots
-from recfs.content.transfer import Transfer, TransferFailed
+from recfs.content.transfer import Interest, Transfer, TransferFailed
 from recfs.pbx.client import PbxClient
 from recfs.pbx.errors import BAD_CREDENTIALS, LOCKED_OUT, NO_SUCH_FILE, PbxError
 
@@ -28,6 +42,18 @@ log = logging.getLogger("recfs.content")
 
 
 READAHEAD_MIN_CACHE = 64 << 20  # smaller caches get no read-ahead
+
+
+@dataclass
+class ContentStats:
+    """What status and metrics show of the content layer."""
+
+    downloads_completed: int = 0
+    downloads_failed: int = 0
+    bytes_downloaded: int = 0  # received from the PBX
+    cache_hits: int = 0  # opens served by the cache
+    cache_misses: int = 0  # opens that needed a transfer
+    downloads_stopped: int = 0  # abandoned by everyone who wanted them, and stopped
 
 
 @dataclass
@@ -42,31 +68,36 @@ class DownloadPolicy:
     # Off by default: an open of an uncached recording then costs exactly one
     # handshake, and a reader measuring one stream gets the PBX to itself.
     readahead: int = 0
+    # Seconds an abandoned transfer stays connected, not reading, in case someone
+    # comes back for it: the kernel's open right after the lookup that learned the
+    # size, a player started after a probe. Anyone waiting for a slot gets its slot
+    # at once. 0 stops it at once (then a first open costs two handshakes).
+    linger: float = 1.0
 
 
 class ContentStore:
     def __init__(self, catalog: Catalog, cache: DiskCache, client: PbxClient,
-                 policy: DownloadPolicy | None = None):
+                 writer: CatalogWriter, policy: DownloadPolicy | None = None,
+                 observe_download: Callable[[float], None] = lambda seconds: None):
+        """*observe_download* is given each completed download's duration (metrics)."""
         self.catalog = catalog
         self.cache = cache
         self.client = client
+        self.writer = writer
         self.policy = policy or DownloadPolicy()
+        self.observe_download = observe_download
         self.slots = Slots(self.policy.max_downloads)
         self.transfers: dict[int, Transfer] = {}
-        self._failed: dict[int, tuple[float, Transfer]] = {}  # ino → (when, failed transfer)
+        # ino → its transfer that gave up, for failure_memory seconds. time.monotonic,
+        # not trio.current_time: that one fails outside trio (a lookup from a test).
+        self._failed: TTLCache[int, Transfer] = TTLCache(
+            maxsize=1024, ttl=self.policy.failure_memory, timer=time.monotonic)
         self._nursery: trio.Nursery | None = None
         self._prefetch_send, self._prefetch_receive = trio.open_memory_channel[Recording](math.inf)
-        self.downloads_completed = 0
-        self.downloads_failed = 0
-        self.attempts_started = 0
-        self.retries = 0
-        self.on_size: Callable[[int, int], None] | None = None
-        # For metrics: bytes received, opens served by the cache or not, and a
-        # callback given each completed download's duration.
-        self.bytes_downloaded = 0
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self.download_latency: Callable[[float], None] | None = None
+        # Sizes learned from transfers, for stats in the moment before the catalog
+        # has them (its write is under way, and the transfer may be gone already).
+        self._sizes: LRUCache[int, int] = LRUCache(maxsize=4096)
+        self.stats = ContentStats()
         # A file fetched ahead must still be there when the walk reaches it: in a
         # cache that holds only a few recordings it would push out the ones in use.
         small = cache.max_bytes is not None and cache.max_bytes < READAHEAD_MIN_CACHE
@@ -79,7 +110,6 @@ class ContentStore:
             self._nursery = nursery
             for _ in range(self.policy.max_downloads):
                 nursery.start_soon(self._prefetch_worker)
-            nursery.start_soon(self.cache.reconcile)
             task_status.started()
             await trio.sleep_forever()
 
@@ -92,22 +122,26 @@ class ContentStore:
         transfer = self.transfers.get(rec.ino)
         if transfer is not None and transfer.size is not None:
             return transfer.size
+        size = self._sizes.get(rec.ino)
+        if size is not None:
+            return size
         return self.cache.cached_size(rec.ino)
 
     def is_cached(self, rec: Recording) -> bool:
         return self.cache.is_cached(rec.ino)
 
     async def size(self, rec: Recording) -> int:
-        """The exact size; may start the download and wait for its first bytes."""
+        """The exact size; may start a transfer and wait for its first bytes (or its
+        headers). Nobody else wanting the rest, the transfer stops soon after."""
         size = self.known_size(rec)
         if size is not None:
             return size
         transfer = self.transfer(rec)
-        transfer.readers += 1
+        transfer.join(Interest.SIZE)
         try:
             return await transfer.wait_size()
         finally:
-            transfer.readers -= 1
+            self._left(transfer, Interest.SIZE)
 
     def open(self, rec: Recording) -> "OpenRecording":
         handle = OpenRecording(self, rec)
@@ -131,9 +165,7 @@ class ContentStore:
             return transfer
         failed = self._failed.get(rec.ino)
         if failed is not None:
-            if trio.current_time() - failed[0] < self.policy.failure_memory:
-                return failed[1]
-            del self._failed[rec.ino]
+            return failed
         if self._nursery is None:
             raise RuntimeError("ContentStore.run() is not running")
         transfer = Transfer(rec.ino, rec.name, rec.size, self.cache.create_partial(rec.ino))
@@ -141,7 +173,74 @@ class ContentStore:
         self._nursery.start_soon(self._download, transfer)
         return transfer
 
+    def _left(self, transfer: Transfer, interest: Interest) -> None:
+        """*interest* no longer waits on *transfer*; if nobody else does, it stops
+        (at once without a slot; else when someone waits for the slot, or after
+        lingering: _linger)."""
+        if not transfer.leave(interest) or transfer.stopped or transfer.all_there:
+            return
+        if transfer.holding_slot:
+            self.slots.reclaim()
+        else:
+            self._stop(transfer, "nobody waits for it")
+
+    def _idle(self, transfer: Transfer) -> bool:
+        """Holds a slot that nobody needs it for."""
+        return transfer.abandoned and not transfer.stopped and not transfer.all_there
+
+    def _stop(self, transfer: Transfer, why: str) -> None:
+        """End an abandoned transfer: its task is cancelled (which closes the
+        connection before the slot is released), its partial file deleted now, and
+        the next reader of the recording starts a new transfer."""
+        if transfer.stopped or transfer.done.is_set():
+            return
+        transfer.stopped = True
+        transfer.scope.cancel()
+        if self.transfers.get(transfer.ino) is transfer:
+            del self.transfers[transfer.ino]
+        # Now, not when the task ends: a new transfer of the recording may create
+        # its partial file before that.
+        self.cache.discard_partial(transfer.ino, transfer.have)
+        self.stats.downloads_stopped += 1
+        log.debug("download of %s stopped after %d of %s bytes: %s", transfer.name, transfer.have,
+                  transfer.size if transfer.size is not None else "?", why)
+        transfer.fail(TransferFailed(f"stopped: {why}"))
+
+    async def _linger(self, transfer: Transfer) -> None:
+        """Abandoned while streaming: read no further and wait a moment for someone
+        to come back; stopped if nobody does (or, by Slots.reclaim, if anyone waits
+        for the slot)."""
+        self.slots.reclaim()
+        with trio.move_on_after(self.policy.linger):
+            while transfer.abandoned:
+                await transfer.wait_interest()
+            return
+        self._stop(transfer, "nobody came back for it")
+        await trio.lowlevel.checkpoint()  # cancelled: the task ends here
+
+    def _size_learned(self, transfer: Transfer) -> None:
+        """The transfer has just learned the size the catalog lacks: the catalog
+        learns it now, not when (or if) the whole file has arrived."""
+        assert transfer.size is not None
+        self._sizes[transfer.ino] = transfer.size
+        if transfer.unrecorded and self._nursery is not None:
+            transfer.unrecorded = False
+            self._nursery.start_soon(self._record_size, transfer.ino, transfer.name,
+                                     transfer.size, transfer.size_recorded)
+
+    async def _record_size(self, ino: int, name: str, size: int, recorded: trio.Event) -> None:
+        try:
+            await self.writer.set_size(ino, size)
+        except Exception as exc:  # learned again by the next transfer
+            log.warning("size of %s not recorded: %s", name, exc)
+        finally:
+            recorded.set()
+
     async def _download(self, transfer: Transfer) -> None:
+        with transfer.scope:  # cancelled by _stop
+            await self._download_in_scope(transfer)
+
+    async def _download_in_scope(self, transfer: Transfer) -> None:
         started = trio.current_time()
         try:
             # Attempts count failures in a row without progress: a transfer that
@@ -151,9 +250,14 @@ class ContentStore:
                 attempt += 1
                 had = transfer.have
                 try:
-                    async with self.slots.hold(lambda: transfer.urgent):
-                        self.attempts_started += 1
-                        await self._fetch_once(transfer)
+                    async with self.slots.hold(
+                            lambda: transfer.urgent, idle=lambda: self._idle(transfer),
+                            preempt=lambda: self._stop(transfer, "someone waits for its slot")):
+                        transfer.holding_slot = True
+                        try:
+                            await self._fetch_once(transfer)
+                        finally:
+                            transfer.holding_slot = False
                     break
                 except (PbxError, TransferFailed) as exc:
                     if transfer.have > had:
@@ -162,35 +266,35 @@ class ContentStore:
                     log.warning("download of %s failed (attempt %d of %d, %d of %s bytes on disk):"
                                 " %s%s", transfer.name, attempt, self.policy.attempts,
                                 transfer.have, transfer.size if transfer.size is not None else "?",
-                                exc, "" if final else "; retrying")
+                                exc, "" if final or transfer.abandoned else "; retrying")
                     if final:
                         raise
-                    self.retries += 1
+                    if transfer.abandoned:
+                        self._stop(transfer, "nobody waits for it")
                     await trio.sleep(self.policy.backoff * 2 ** (attempt - 1))
             assert transfer.size is not None
             await self.cache.commit(transfer.ino, transfer.fd, transfer.size)
         except (PbxError, TransferFailed, OSError) as exc:
-            self.downloads_failed += 1
+            if transfer.stopped:
+                return  # whatever broke on the way out: _stop has cleaned up
+            self.stats.downloads_failed += 1
             self.cache.discard_partial(transfer.ino, transfer.have)
             if isinstance(exc, CacheFull):
                 log.warning("download of %s failed: %s", transfer.name, exc.strerror)
-            if len(self._failed) > 1000:
-                self._failed.clear()
-            self._failed[transfer.ino] = (trio.current_time(), transfer)
+            self._failed[transfer.ino] = transfer
             transfer.fail(exc)
-        except BaseException as exc:  # cancelled at unmount, or a bug: readers must not hang
-            self.cache.discard_partial(transfer.ino, transfer.have)
-            transfer.fail(TransferFailed(f"download interrupted: {type(exc).__name__}"))
+        except BaseException as exc:  # stopped, cancelled at unmount, or a bug
+            if not transfer.stopped:  # (stopped: _stop did all this already)
+                self.cache.discard_partial(transfer.ino, transfer.have)
+                transfer.fail(TransferFailed(f"download interrupted: {type(exc).__name__}"))
             raise
         else:
             assert transfer.size is not None
-            self.catalog.set_size(transfer.ino, transfer.size)
-            if self.on_size is not None:
-                self.on_size(transfer.ino, transfer.size)
-            self.downloads_completed += 1
-            if self.download_latency is not None:
-                self.download_latency(trio.current_time() - started)
             transfer.finish()
+            self.stats.downloads_completed += 1
+            self.observe_download(trio.current_time() - started)
+            self._size_learned(transfer)  # if it was learned only now, at the end
+            await transfer.size_recorded.wait()
             log.info("cached %s (%d bytes)", transfer.name, transfer.size)
         finally:
             os.close(transfer.fd)
@@ -205,6 +309,7 @@ class ContentStore:
             if announced is not None:
                 if transfer.size is None:
                     transfer.announce_size(announced)
+                    self._size_learned(transfer)
                 elif transfer.size != announced:
                     raise TransferFailed(f"PBX announced {announced} bytes, "
                                          f"but the recording is known to have {transfer.size}")
@@ -213,18 +318,24 @@ class ContentStore:
             def take(chunk: bytes, position: int) -> int:
                 # Plain function, no generator layer: this runs for every 16 KiB.
                 end = position + len(chunk)
+                if transfer.stopped:
+                    return end  # the partial file is not ours any more; cancelled next
                 if transfer.size is not None and end > transfer.size:
                     raise TransferFailed(f"PBX sent more than the announced {transfer.size} bytes")
                 if end > skip:
                     start = max(position, skip)
                     self.cache.write(transfer.fd, memoryview(chunk)[start - position:], start)
-                    self.bytes_downloaded += end - start
+                    self.stats.bytes_downloaded += end - start
                     transfer.arrived(end)
                 return end
 
             position = take(body.head, 0)
+            if transfer.abandoned and not transfer.all_there:
+                await self._linger(transfer)
             async for chunk in body.chunks():
                 position = take(chunk, position)
+                if transfer.abandoned and not transfer.all_there:
+                    await self._linger(transfer)  # nobody reads: read no further for now
             if transfer.size is None:
                 transfer.announce_size(position)
             if position != transfer.size:
@@ -239,7 +350,11 @@ class ContentStore:
         if self.cache.is_cached(rec.ino):
             return True
         transfer = self.transfer(rec)
-        await transfer.done.wait()
+        transfer.join(Interest.FETCH)
+        try:
+            await transfer.done.wait()
+        finally:
+            self._left(transfer, Interest.FETCH)
         return transfer.complete
 
 
@@ -272,12 +387,12 @@ class OpenRecording:
         cache = self.store.cache
         fd = cache.open_complete(self.rec.ino, self.store.known_size(self.rec))
         if fd is not None:
-            self.store.cache_hits += 1
+            self.store.stats.cache_hits += 1
         else:
-            self.store.cache_misses += 1
+            self.store.stats.cache_misses += 1
             transfer = self.store.transfer(self.rec)
             self.transfer = transfer
-            transfer.readers += 1
+            transfer.join(Interest.READ)
             if transfer.error is not None:
                 return  # it has just failed: reads fail until it may be tried again
             fd = cache.open_partial(self.rec.ino)
@@ -291,10 +406,10 @@ class OpenRecording:
             self.store.cache.unpin(self.rec.ino)
 
     def _detach(self) -> None:
-        if self.transfer is not None:
-            self.transfer.readers -= 1
-            self.transfer = None
+        transfer, self.transfer = self.transfer, None
         self._close_fd()
+        if transfer is not None:
+            self.store._left(transfer, Interest.READ)  # the last reader gone: it stops
 
     async def read(self, offset: int, size: int) -> bytes:
         if self.transfer is not None and self.transfer.error is not None:

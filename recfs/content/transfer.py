@@ -1,16 +1,30 @@
-"""One recording's download in progress: what has arrived, and waiting for more.
+"""One recording's download in progress: what has arrived, who waits for it, and
+waiting for more.
 
 Only the downloading task writes; readers wait for the byte they need. All of it
 runs on the one trio thread, so the state changes between two awaits are atomic.
+
+A transfer knows *why* it runs (`Interest`): open files that read it, `stat` calls
+that wait only for its size, and background fetches (prefetch, read-ahead) that want
+it in the cache. Once the last of them has gone it is *abandoned*: the content store
+then stops it (store.py), since no one would ever read the rest.
 """
 
 from __future__ import annotations
+
+import enum
 
 import trio
 
 
 class TransferFailed(Exception):
     """The download gave up; every read waiting on it gets EIO."""
+
+
+class Interest(enum.Enum):
+    READ = "readers"  # an open file: wants the bytes
+    SIZE = "sizers"  # a stat: wants the size, then nothing more
+    FETCH = "fetchers"  # prefetch or read-ahead: wants the file in the cache
 
 
 class Transfer:
@@ -20,11 +34,26 @@ class Transfer:
         self.size = size  # known from the catalog, Content-Length or the WAV header
         self.fd = fd  # the partial file, written with pwrite by the download task only
         self.have = 0  # bytes [0, have) are on disk
-        self.readers = 0  # open files and stat calls waiting: makes the transfer urgent
+        self.readers = 0  # open files: make the transfer urgent
+        self.sizers = 0  # stat calls waiting for the size: urgent too, until it is known
+        self.fetchers = 0  # background fetches waiting for the whole file
+        # Set when the last interest left (and cleared when one comes back): a
+        # transfer nobody ever joined (started directly) is never abandoned.
+        self.abandoned = False
+        self.stopped = False  # stopped by the store: it no longer owns its partial file
+        self.holding_slot = False  # between the slot's grant and its release
+        # The catalog learns a size as soon as the transfer does: `unrecorded` until
+        # that write is under way, `size_recorded` once it is done (or was not needed).
+        self.unrecorded = size is None
+        self.size_recorded = trio.Event()
+        if size is not None:
+            self.size_recorded.set()
+        self.scope = trio.CancelScope()  # the download task runs inside it
         self.error: Exception | None = None
         self.complete = False
         self.done = trio.Event()
         self._changed = trio.Event()  # any news: size, end, failure
+        self._interest = trio.Event()  # someone joined
         # Readers waiting for bytes: (end, event), woken only once their bytes are
         # there (or at the end, or on failure), not at every chunk: twenty readers
         # of one download must not all wake for every 16 KiB.
@@ -32,7 +61,37 @@ class Transfer:
 
     @property
     def urgent(self) -> bool:
-        return self.readers > 0
+        """Someone is waiting in person (a read, a stat), not a background fetch."""
+        return self.readers > 0 or (self.sizers > 0 and self.size is None)
+
+    @property
+    def wanted(self) -> bool:
+        """Anyone still needs something this transfer has not delivered yet."""
+        return self.readers > 0 or self.fetchers > 0 or (self.sizers > 0 and self.size is None)
+
+    @property
+    def all_there(self) -> bool:
+        """Every byte is on disk: what is left is checking and committing the file."""
+        return self.size is not None and self.have >= self.size
+
+    # -- interest -----------------------------------------------------------------
+
+    def join(self, interest: Interest) -> None:
+        setattr(self, interest.value, getattr(self, interest.value) + 1)
+        self.abandoned = False
+        self._interest.set()
+        self._interest = trio.Event()
+
+    def leave(self, interest: Interest) -> bool:
+        """One interest went; True if that abandoned the transfer."""
+        setattr(self, interest.value, getattr(self, interest.value) - 1)
+        if not self.wanted and not self.done.is_set():
+            self.abandoned = True
+        return self.abandoned
+
+    async def wait_interest(self) -> None:
+        """Return once someone joins."""
+        await self._interest.wait()
 
     def _notify(self) -> None:
         self._changed.set()

@@ -1,16 +1,13 @@
-"""The little ASGI plumbing that recfs's HTTP servers share: hypercorn (serve_on)
-for the metrics endpoint, and lifespan for the simulator. The report receiver runs
-on recfs.http.server, which needs only bind_socket from here."""
+"""The little ASGI plumbing that recfs's HTTP applications share: binding the
+listening socket (bind_socket), and telling non-HTTP scopes apart (not_http, with
+lifespan for the simulator, which runs on hypercorn). The mount's own endpoints,
+the report receiver and the metrics, are served by recfs.http.server."""
 
 from __future__ import annotations
 
-import logging
 import socket
-from typing import Any, Awaitable, Callable
-
-import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -47,17 +44,3 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise
     return sock
 
-
-async def serve_on(app, sock: socket.socket, stop: trio.Event, log_name: str, *,
-                   task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve an ASGI app with hypercorn on an already bound socket until *stop*."""
-    config = Config()
-    # hypercorn adopts the descriptor; detach so that only it closes the socket.
-    config.bind = [f"fd://{sock.detach()}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger(log_name)
-    config.include_server_header = False
-    config.keep_alive_timeout = 5
-    config.read_timeout = 10
-    config.graceful_timeout = 1
-    await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status, mode="asgi")

@@ -1,19 +1,28 @@
-"""A small HTTP/1.1 server for one ASGI application, in the caller's trio loop.
+"""The mount's HTTP/1.1 server: one ASGI application on a bound socket, in the
+caller's trio loop. It serves the report receiver and the metrics endpoint (each on
+its own socket); hypercorn is left only to the simulator.
 
-The report receiver's traffic is many tiny requests, each on its own connection
-(the PBX opens one per report); a general server's per-connection machinery costs
-more than the report itself. This one does only what the receiver needs: HTTP/1.1
-framing comes from h11 (nothing is parsed by hand here), and the ASGI interface is
-the plain `http` scope, so the application is the same one any ASGI server runs.
+Why recfs has a server of its own instead of a general one such as hypercorn:
 
-Limits: request head at most MAX_HEAD bytes (h11's limit, checked between reads of
-at most _CHUNK bytes) and complete within HEAD_TIMEOUT
-seconds (else 431 / 408 and close); an idle keep-alive connection is closed after
-KEEP_ALIVE seconds; at most MAX_CONNECTIONS connections at once (more wait in the
-kernel's backlog). When the caller says which peers it trusts (the PBX), everyone
-else shares a budget of MAX_OUTSIDERS connections and is closed at once beyond it,
-so that a flood of idle connections from elsewhere never keeps the PBX waiting. The
-body deadline and size cap are the application's (receiver.py).
+- Cost per connection. The PBX opens a new connection for every report it pushes,
+  and with a general server the per-connection machinery was most of the
+  receiver's CPU. This one does only what the mount needs: HTTP/1.1 framing
+  comes from h11 (nothing is parsed by hand here), and the application gets the
+  plain ASGI `http` scope, so it stays an ordinary ASGI app that any ASGI server
+  could run.
+- A per-peer connection budget, which hypercorn lacks. When the caller says which
+  peers it trusts (the PBX), all other peers share MAX_OUTSIDERS connections and
+  are closed at once beyond that, so a flood of connections from elsewhere never
+  keeps the PBX waiting. Trusted peers get up to MAX_CONNECTIONS at once (more
+  wait in the kernel's backlog); without a trust test (the metrics endpoint),
+  every peer does.
+- Deadlines on the request head and body, so that a slow peer cannot hold a
+  connection. The head must be complete within HEAD_TIMEOUT seconds and at most
+  MAX_HEAD bytes (h11's limit, checked between reads of at most _CHUNK bytes),
+  else 408 or 431 and close; an idle keep-alive connection is closed after
+  KEEP_ALIVE seconds. The body's deadline and size cap are set by the application
+  (recfs/ingest/receiver.py, BODY_DEADLINE), which reads the body through ASGI
+  `receive`.
 """
 
 from __future__ import annotations

@@ -141,7 +141,6 @@ class BackfillKeeper:
         self.last_seen = last_seen
         self.interval = interval
         self.overlap = overlap
-        self.runs = 0
 
     def gap(self) -> tuple[datetime, datetime]:
         earliest, latest = self.clock.now_bounds()
@@ -159,7 +158,6 @@ class BackfillKeeper:
     async def _run(self, what: str, span: tuple[datetime, datetime]) -> None:
         start, end = span
         summary = await self.backfill.run_range(start, end)
-        self.runs += 1
         level = logging.INFO if summary.new or summary.malformed or what == "gap" else logging.DEBUG
         log.log(level, "back-fill (%s) %s..%s: %s", what, format_local(start), format_local(end),
                 summary.text())
@@ -190,11 +188,3 @@ class BackfillKeeper:
                     pending_gap = False
                     next_check = trio.current_time() + self.interval
             await trio.sleep(0.5)
-
-
-async def follow_catalog_days(catalog, fs, interval: float = 5.0) -> None:
-    """Days that another process (`recfs backfill`) added to the catalog appear in
-    the mounted tree without a remount: the days table is small (one row a day)."""
-    while True:
-        await trio.sleep(interval)
-        fs.load_dirs()

@@ -19,6 +19,9 @@ import trio
 
 from recfs.logs import register_secret
 
+# Seconds between two resolutions of SOURCE's host name.
+SOURCE_RECHECK = 600.0
+
 log = logging.getLogger("recfs.ingest.gate")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -64,7 +67,8 @@ class ReportGate:
 
     async def learn_source_addresses(self) -> None:
         """Resolve SOURCE's host name (unless report_from was given). Called at
-        start and after each login, so a PBX that changed address is followed."""
+        start and every SOURCE_RECHECK seconds after (recfs/service/pbx_service.py),
+        so a PBX that changed address is followed."""
         if self._fixed or not self._source_host:
             return
         try:

@@ -1,25 +1,35 @@
-"""From a report on the wire (or a CDR row) to a recording in the catalog and the tree.
+"""From a report on the wire (or a CDR row) to a recording in the catalog.
 
-The receiver answers 200 only after `Ingest.report` returned, and that happens only
-after the transaction holding the recording committed (recfs/commit.py: reports
-that arrive together share one): an acknowledged report is never lost. The same
-report twice is harmless (the catalog keeps the first).
+`Ingest.report` returns only after the transaction holding the recording committed
+(recfs/catalog/writer.py: reports that arrive together share one), so the receiver
+acknowledges no report that could still be lost. The same report twice is harmless
+(the catalog keeps the first). HTTP is the receiver's business: this module answers
+with an `Outcome`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from recfs.catalog.database import Catalog, Recording
-from recfs.catalog.writer import GroupCommit
-from recfs.content.store import ContentStore
+from recfs.catalog.database import Recording
+from recfs.catalog.writer import CatalogWriter
 from recfs.pbx.clock import PbxClock
 from recfs.pbx.reports import BadReport, CallRecord, call_from_cdr, decode_report, event_name
-from recfs.vfs.core import RecordingsFs
 
-log = logging.getLogger("recfs.ingest.pipeline")
+log = logging.getLogger("recfs.ingest")
+
+
+class Outcome(enum.Enum):
+    ADDED = "added"
+    KNOWN = "known"  # the same recording came before
+    UNRECORDED = "no recording"  # a call without a recording
+    IGNORED = "ignored"  # another event than NewCdr
+    REFUSED = "refused"  # not a report recfs can trust: the PBX must not send it again
+    NOT_STORED = "not stored"  # the catalog could not commit it: the PBX must send it again
 
 
 @dataclass
@@ -30,70 +40,66 @@ class IngestCounters:
     unrecorded: int = 0
     ignored: int = 0
     rejected: int = 0
+    not_stored: int = 0
     last_report: float | None = None
-    by_event: dict[str, int] = field(default_factory=dict)
 
 
 class Ingest:
-    def __init__(self, catalog: Catalog, fs: RecordingsFs, content: ContentStore,
-                 prefetch_new: bool, writer: GroupCommit, clock: PbxClock):
-        self.catalog = catalog
-        self.fs = fs
-        self.content = content
-        self.prefetch_new = prefetch_new
+    def __init__(self, writer: CatalogWriter, clock: PbxClock,
+                 on_new: Callable[[Recording], None]):
+        """*on_new* is told of each recording the catalog did not know (prefetch)."""
         self.writer = writer
         self.clock = clock
+        self.on_new = on_new
         self.counters = IngestCounters()
 
-    async def report(self, body: bytes, peer: str) -> tuple[int, str]:
-        """Handle one pushed report; returns (HTTP status, short reason)."""
-        self.counters.received += 1
+    async def report(self, body: bytes, peer: str) -> tuple[Outcome, str]:
+        """Handle one pushed report: its outcome, and a short reason for a refusal."""
+        counters = self.counters
+        counters.received += 1
         try:
             report = decode_report(body)
             event = event_name(report)
             if event != "NewCdr":
-                self.counters.ignored += 1
+                counters.ignored += 1
                 log.debug("ignored %s report from %s", event or "unnamed", peer)
-                return 200, "ignored"
+                return Outcome.IGNORED, ""
             self.clock.learn(report.get("callid"), report.get("timestart"))
             call = call_from_cdr(report)
         except BadReport as exc:
-            self.counters.rejected += 1
+            counters.rejected += 1
             log.warning("refused a report from %s: %s", peer, exc)
-            return 400, str(exc)
-        self.counters.last_report = time.time()
+            return Outcome.REFUSED, str(exc)
+        counters.last_report = time.time()
         if call is None:
-            self.counters.unrecorded += 1
-            return 200, "no recording"
+            counters.unrecorded += 1
+            return Outcome.UNRECORDED, ""
         try:
-            rec = await self.writer.add(call)
+            rec = await self.writer.add(call, self.clock.offset)
         except Exception:
-            # Not committed: not acknowledged. The PBX sends the report again.
-            return 503, "not stored"
+            # Not committed, not acknowledged: the PBX sends the report again. The
+            # writer logged why.
+            counters.not_stored += 1
+            return Outcome.NOT_STORED, ""
         if rec is None:
-            self.counters.duplicates += 1
-            return 200, "known"
-        self.counters.added += 1
-        self.added(rec)
+            counters.duplicates += 1
+            return Outcome.KNOWN, ""
+        counters.added += 1
+        self.on_new(rec)
         # One line per new recording: what an operator follows. It costs a few per cent
         # of a 1,000/s burst, well within the budget (scripts/bench_ingest.py).
         log.info("new recording %s/%s", rec.day.replace("-", "/"), rec.name)
-        return 200, "added"
+        return Outcome.ADDED, ""
 
     async def add_calls(self, calls: list[CallRecord]) -> tuple[int, int]:
         """Back-filled calls: (new, already known)."""
         for call in calls:
             self.clock.learn(call.callid, call.timestart)
         new = known = 0
-        for rec in await self.writer.add_many(calls):
+        for rec in await self.writer.add_many(calls, self.clock.offset):
             if rec is None:
                 known += 1
             else:
                 new += 1
-                self.added(rec)
+                self.on_new(rec)
         return new, known
-
-    def added(self, rec: Recording) -> None:
-        self.fs.added(rec)
-        if self.prefetch_new:
-            self.content.prefetch(rec)

@@ -18,6 +18,7 @@ import trio
 
 from recfs.http.asgi import not_http
 from recfs.ingest.gate import ReportGate
+from recfs.ingest.pipeline import Outcome
 from recfs.http.server import serve_asgi
 from recfs.logs import LogBudget
 from recfs.pbx.reports import MAX_REPORT_BYTES
@@ -25,7 +26,12 @@ from recfs.pbx.reports import MAX_REPORT_BYTES
 log = logging.getLogger("recfs.ingest.receiver")
 _refused = LogBudget(log, "refused a request")
 
-Handler = Callable[[bytes, str], Awaitable[tuple[int, str]]]
+Handler = Callable[[bytes, str], Awaitable[tuple[Outcome, str]]]
+
+# What the PBX is told: 200 stops its re-sending, so only what is committed (or can
+# never be) gets it; 503 makes it send again; 400 says the report itself is wrong.
+_HTTP = {Outcome.ADDED: 200, Outcome.KNOWN: 200, Outcome.UNRECORDED: 200,
+         Outcome.IGNORED: 200, Outcome.REFUSED: 400, Outcome.NOT_STORED: 503}
 BODY_DEADLINE = 5
 
 
@@ -68,8 +74,8 @@ class ReportApp:
                         BODY_DEADLINE)
             await _reply(send, 408, "too slow")
             return
-        status, reason = await self.handle(bytes(body), peer)
-        await _reply(send, status, reason)
+        outcome, reason = await self.handle(bytes(body), peer)
+        await _reply(send, _HTTP[outcome], reason or outcome.value)
 
 
 async def _reply(send, status: int, text: str) -> None:

@@ -229,14 +229,13 @@ class PbxClient:
         self.tls: TlsSessions | None = None
         if transport is None:
             # Every PBX connection on recfs's own trio backend (OpenSSL on the
-            # socket; protocol/tls.py), with the pin checked when there is one.
+            # socket; pbx/tls.py), with the pin checked when there is one. The
+            # transport owns TLS and the pool (no keep-alive: the PBX closes after
+            # every response), so the client takes no verify= or limits=.
             transport, self.tls = pbx_transport(verify, fingerprint)
         self._http = httpx.AsyncClient(
-            verify=verify,
             timeout=timeout,
             transport=transport,
-            # The PBX closes after every response; a pool would only hold dead sockets.
-            limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": "recfs"},
             # No proxy, netrc or certificate settings from the environment: what
             # reaches the PBX, and how it is verified, is what the mount says.

@@ -8,18 +8,12 @@ recording name is checked with the one rule in names.py.
 from __future__ import annotations
 
 import json
-import re
-import time
 from dataclasses import dataclass
-from datetime import datetime
 
+from recfs.pbx import clock
 from recfs.pbx.names import BadName, check_recording_name
 
 MAX_REPORT_BYTES = 64 * 1024
-
-_TIMESTART = re.compile(r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$")
-_NAME_STAMP = re.compile(r"^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})-")
-_CALLID = re.compile(r"^(\d{9,11})(?:\.\d+)?$")
 MAX_FIELD = 256
 
 
@@ -46,39 +40,16 @@ class CallRecord:
 
     @property
     def day(self) -> str:
-        """The PBX-local date of the call, "YYYY-MM-DD": the directory it lives in."""
-        match = _TIMESTART.match(self.timestart)
-        if match and _valid_date(*match.groups()[:3]):
-            return "-".join(match.groups()[:3])
-        match = _NAME_STAMP.match(self.name)
-        if match and _valid_date(*match.groups()[:3]):
-            return "-".join(match.groups()[:3])
-        epoch = self.epoch
-        if epoch is not None:
-            return time.strftime("%Y-%m-%d", time.gmtime(epoch))
-        return "1970-01-01"
+        """The PBX-local date of the call, "YYYY-MM-DD": the directory it lives in
+        (from timestart, else the name's stamp, else the callid; clock.call_day)."""
+        return clock.call_day(self.timestart, self.name, self.callid)
 
     @property
     def epoch(self) -> int | None:
-        """UTC seconds of the call start: the integer part of the callid is exactly that."""
-        match = _CALLID.match(self.callid)
-        if match:
-            return int(match.group(1))
-        match = _TIMESTART.match(self.timestart)
-        if match:
-            try:
-                return int(time.mktime(datetime.strptime(self.timestart, "%Y-%m-%d %H:%M:%S").timetuple()))
-            except (ValueError, OverflowError):
-                return None
-        return None
-
-
-def _valid_date(year: str, month: str, day: str) -> bool:
-    try:
-        datetime(int(year), int(month), int(day))
-    except ValueError:
-        return False
-    return 1970 <= int(year) <= 9999
+        """UTC seconds of the call start: the integer part of the callid. None
+        without one: a PBX-local timestart alone needs the PBX's UTC offset, which
+        a call record does not know (clock.call_epoch, catalog's call_epoch)."""
+        return clock.call_epoch(self.callid, self.timestart, None)
 
 
 def _last_wins(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -96,8 +67,10 @@ def decode_report(body: bytes) -> dict[str, object]:
     text = text.strip().rstrip("\0")
     try:
         value = json.loads(text, object_pairs_hook=_last_wins)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise BadReport(f"report is not JSON ({exc.msg} at character {exc.pos})") from None
+    except ValueError as exc:  # e.g. a number too long to convert
+        raise BadReport(f"report is not JSON ({exc})") from None
     if not isinstance(value, dict):
         raise BadReport("report is not a JSON object")
     return value

@@ -8,14 +8,19 @@ a token or a random.
 
 Every PBX connection runs on `_SocketBackend`, an httpcore network backend for trio
 that lets OpenSSL read and write the kernel socket itself (an `ssl.SSLSocket` in
-non-blocking mode, trio only waiting for readiness). trio's own SSLStream pumps
-TLS through a MemoryBIO in Python, one 16 KiB record per call, on the thread that
-also answers FUSE; that made a download ~25 % slower than curl. OpenSSL still does
-all of TLS here, with the same context (CA or pin, SNI, host-name check).
+non-blocking mode, trio only waiting for readiness), rather than trio's SSLStream,
+which pumps TLS through a MemoryBIO in Python, one 16 KiB record per call, on the
+thread that also answers FUSE. OpenSSL still does all of TLS here, with the same
+context (CA or pin, SNI, host-name check).
+
+`PbxTransport` is the httpx transport on top: a public `httpcore.AsyncConnectionPool`
+built on that backend, and the translation between httpx's and httpcore's requests,
+responses and errors, so that nothing of httpx's own transport is reached into.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import select
@@ -122,10 +127,11 @@ class _SocketStream(httpcore.AsyncNetworkStream):
         """Whatever TLS records are there, up to _READ_MAX bytes (more than httpcore
         asks for: fewer, larger chunks for h11 and the cache writes).
 
-        The buffer is the backend's, shared by its streams: it is filled and copied
-        out with no checkpoint in between, so no other stream's read can come in the
-        middle. One per stream cost a zeroed 256 KiB (64 page faults) for each of
-        the two connections a recording takes."""
+        The buffer is the backend's, shared by its streams, rather than one per
+        stream, which would be allocated and zeroed anew for every connection (and
+        the PBX takes a new connection per request, two per recording). It is
+        filled and copied out with no checkpoint in between, so no other stream's
+        read can come in the middle."""
         view = memoryview(self._backend.buffer)
         limit = len(view)
         got = 0
@@ -227,7 +233,7 @@ class _SocketStream(httpcore.AsyncNetworkStream):
                 raise PinMismatch("the PBX's certificate does not match the pinned fingerprint")
         stream._session_key = key  # a session worth offering again
         backend.sessions.handshakes += 1
-        backend.sessions.resumed += tls.session_reused
+        backend.sessions.resumed += bool(tls.session_reused)
         return stream
 
     def _close_now(self) -> None:
@@ -318,22 +324,111 @@ class _SocketBackend(httpcore.AsyncNetworkBackend):
         await trio.sleep(seconds)
 
 
+# What each httpcore error becomes, as in httpx's own transport, so that callers
+# of the client only ever see httpx.HTTPError: an error takes the entry of its most
+# specific class here (the first of its MRO), e.g. PinMismatch → httpx.ConnectError.
+_HTTPX_ERRORS: dict[type[Exception], type[httpx.HTTPError]] = {
+    httpcore.TimeoutException: httpx.TimeoutException,
+    httpcore.ConnectTimeout: httpx.ConnectTimeout,
+    httpcore.ReadTimeout: httpx.ReadTimeout,
+    httpcore.WriteTimeout: httpx.WriteTimeout,
+    httpcore.PoolTimeout: httpx.PoolTimeout,
+    httpcore.NetworkError: httpx.NetworkError,
+    httpcore.ConnectError: httpx.ConnectError,
+    httpcore.ReadError: httpx.ReadError,
+    httpcore.WriteError: httpx.WriteError,
+    httpcore.ProxyError: httpx.ProxyError,
+    httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
+    httpcore.ProtocolError: httpx.ProtocolError,
+    httpcore.LocalProtocolError: httpx.LocalProtocolError,
+    httpcore.RemoteProtocolError: httpx.RemoteProtocolError,
+}
+
+_HTTPCORE_ERRORS = tuple(_HTTPX_ERRORS)
+
+
+@contextlib.contextmanager
+def _as_httpx_errors() -> typing.Iterator[None]:
+    try:
+        yield
+    except _HTTPCORE_ERRORS as exc:
+        mapped = next(_HTTPX_ERRORS[cls] for cls in type(exc).__mro__ if cls in _HTTPX_ERRORS)
+        raise mapped(str(exc)) from exc
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """httpcore's response body as httpx's, still streamed: each chunk is handed on
+    as it arrives (recordings are tens of MiB)."""
+
+    def __init__(self, stream: typing.AsyncIterable[bytes]):
+        self._stream = stream
+
+    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        with _as_httpx_errors():
+            async for chunk in self._stream:
+                yield chunk
+
+    async def aclose(self) -> None:
+        # Gives the connection back to the pool (here: closes it).
+        aclose = getattr(self._stream, "aclose", None)
+        if aclose is not None:
+            with _as_httpx_errors():
+                await aclose()
+
+
+class PbxTransport(httpx.AsyncBaseTransport):
+    """The httpx transport for one PBX: a public httpcore connection pool on
+    `_SocketBackend`, HTTP/1.1 only, no keep-alive (the PBX closes after every
+    response), no proxy. Timeouts come with each request (httpx puts the client's
+    into the request's extensions, which httpcore reads)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, pin: bytes | None = None,
+                 max_connections: int = 100):
+        self._backend = _SocketBackend(pin)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context, max_connections=max_connections,
+            max_keepalive_connections=0, http1=True, http2=False,
+            network_backend=self._backend)
+
+    @property
+    def sessions(self) -> TlsSessions:
+        """The TLS session memory of this transport, with its handshake counts."""
+        return self._backend.sessions
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        url = request.url
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
+                             target=url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors():
+            core_response = await self._pool.handle_async_request(core_request)
+        assert isinstance(core_response.stream, typing.AsyncIterable)
+        return httpx.Response(
+            status_code=core_response.status,
+            headers=core_response.headers,
+            stream=_ResponseStream(core_response.stream),
+            extensions=core_response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
 def pbx_transport(verify: ssl.SSLContext | bool, pin: bytes | None = None
-                  ) -> tuple[httpx.AsyncHTTPTransport, TlsSessions]:
-    """The httpx transport for a PBX: every connection on `_SocketBackend`, the pin
-    (if any) checked after the handshake, no keep-alive (the PBX closes after every
-    response); and its TLS session memory, with the handshake counts.
+                  ) -> tuple[PbxTransport, TlsSessions]:
+    """The httpx transport for a PBX (every connection on `_SocketBackend`, the pin,
+    if any, checked after the handshake) and its TLS session memory.
 
-    httpx has no public hook for the network backend, so the transport's pool is
-    replaced by an equivalent one built on that backend (tested in
-    tests/mount/test_tls.py and tests/unit/test_client.py: a change in httpx that
-    breaks this fails there)."""
+    *verify* is what `verification()` gives: a context, or False for no checks. No
+    certificate settings are taken from the environment."""
     assert pin is None or isinstance(verify, ssl.SSLContext)
-    context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
-    transport = httpx.AsyncHTTPTransport(verify=context)
-    backend = _SocketBackend(pin)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=context, max_connections=100, max_keepalive_connections=0,
-        http1=True, http2=False, network_backend=backend)
-    return transport, backend.sessions
-
+    context = verify if isinstance(verify, ssl.SSLContext) else \
+        httpx.create_ssl_context(verify=verify, trust_env=False)
+    transport = PbxTransport(context, pin)
+    return transport, transport.sessions

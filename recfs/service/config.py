@@ -25,7 +25,7 @@ _IGNORED = {"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "d
             "atime", "relatime"}
 _IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")
 
-_FLAGS = {"insecure", "allow_other", "allow_root", "foreground", "direct_io"}
+_FLAGS = {"insecure", "allow_other", "allow_root", "foreground", "direct_io", "nonempty"}
 _INTS = {"max_downloads", "readahead", "uid", "gid", "heartbeat"}
 _FLOATS = {"io_timeout", "backfill_interval"}
 _STRINGS = {"user", "password_file", "api_version", "cafile", "fingerprint", "listen",
@@ -67,6 +67,9 @@ class MountOptions:
     allow_root: bool = False
     # Reads bypass the kernel's page cache (see fuse_ops.py); no: mmap(MAP_SHARED) works.
     direct_io: bool = True
+    # Mount over a directory that holds files (or over another filesystem): they are
+    # hidden until the unmount (recfs/service/mountpoint.py).
+    nonempty: bool = False
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     umask: int = 0o022
@@ -237,7 +240,7 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
 
 # Options that belong to the mount as a whole, never to one PBX of several.
 _MOUNT_WIDE = {"listen", "metrics", "allow_other", "allow_root", "direct_io", "uid", "gid",
-               "umask", "foreground", "log_level", "log_file", "config"}
+               "umask", "foreground", "log_level", "log_file", "config", "nonempty"}
 
 
 def _safe_dir_name(name: str) -> bool:

@@ -3,26 +3,38 @@
 Counts recfs keeps anyway (reports, logins, downloads, cache) are read at scrape
 time by a collector, so the code that counts does not need to know about
 Prometheus; only the two latency histograms are observed as things happen. The
-endpoint is served by hypercorn in the mount's own trio nursery.
+endpoint is served by recfs.http.server (the report receiver's server too) in the
+mount's own trio nursery.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import trio
 from prometheus_client import CollectorRegistry, Histogram, make_asgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from recfs.http.asgi import not_http, serve_on
+from recfs.http.server import serve_asgi
+from recfs.service.status import StatusSources
 
 log = logging.getLogger("recfs.service.metrics")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                    10, 30, 60)
+
+
+@dataclass(frozen=True)
+class Observers:
+    """What the filesystem and the downloads report as it happens: seconds per
+    read() answered and per completed download."""
+
+    read: Callable[[float], None]
+    download: Callable[[float], None]
 
 
 class Metrics:
@@ -36,26 +48,26 @@ class Metrics:
         self.download_seconds = Histogram(
             "recfs_download_seconds", "Duration of completed downloads (handshake to verified file)",
             buckets=LATENCY_BUCKETS, registry=self.registry)
-        self._collector: _StateCollector | None = None
+        self.observers = Observers(self.read_seconds.observe, self.download_seconds.observe)
+        self._collector = _StateCollector()
+        self.registry.register(self._collector)
 
-    def watch(self, sources: Any, pbx: str = "") -> None:
-        """Publish the counters of a StatusSources at every scrape; *pbx* names it in
-        a mount of several PBXs (the `pbx` label)."""
-        if self._collector is None:
-            self._collector = _StateCollector()
-            self.registry.register(self._collector)
+    def watch(self, sources: StatusSources, pbx: str = "") -> None:
+        """Publish the counters of a PBX's StatusSources at every scrape; *pbx* names
+        it in a mount of several PBXs (the `pbx` label)."""
         self._collector.sources.append((pbx, sources))
 
 
 class _StateCollector(Collector):
     def __init__(self) -> None:
-        self.sources: list[tuple[str, Any]] = []
+        self.sources: list[tuple[str, StatusSources]] = []
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         labelled = any(name for name, _s in self.sources)
-        families: dict[str, Any] = {}
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
 
-        def add(family_type, name: str, doc: str, value: float, pbx: str, **labels: str) -> None:
+        def add(family_type: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str,
+                doc: str, value: float, pbx: str, **labels: str) -> None:
             family = families.get(name)
             if family is None:
                 names = (["pbx"] if labelled else []) + list(labels)
@@ -64,58 +76,64 @@ class _StateCollector(Collector):
 
         counter, gauge = CounterMetricFamily, GaugeMetricFamily
         for pbx, s in self.sources:
-            counters, content = s.ingest.counters, s.content
-            cache = content.cache
+            counters, content, client = s.ingest.counters, s.content, s.client
+            stats, cache = content.stats, content.cache
             add(counter, "recfs_reports_received", "Reports received", counters.received, pbx)
-            for outcome in ("added", "duplicates", "unrecorded", "ignored", "rejected"):
+            outcomes = {"added": counters.added, "duplicates": counters.duplicates,
+                        "unrecorded": counters.unrecorded, "ignored": counters.ignored,
+                        "rejected": counters.rejected, "not_stored": counters.not_stored}
+            for outcome, value in outcomes.items():
                 add(counter, "recfs_reports", "Reports pushed by the PBX, by outcome",
-                    getattr(counters, outcome, 0), pbx, outcome=outcome)
-            add(counter, "recfs_pbx_logins", "Successful PBX logins", s.client.logins, pbx)
+                    value, pbx, outcome=outcome)
+            add(counter, "recfs_catalog_transactions", "Catalog transactions committed or failed",
+                s.writer.stats.transactions - s.writer.stats.failed_commits, pbx,
+                result="committed")
+            add(counter, "recfs_catalog_transactions", "Catalog transactions committed or failed",
+                s.writer.stats.failed_commits, pbx, result="failed")
+            add(counter, "recfs_pbx_logins", "Successful PBX logins", client.logins, pbx)
             add(counter, "recfs_pbx_handshakes", "get_random handshakes for recordings",
-                getattr(s.client, "handshakes", 0), pbx)
-            tls = s.client.tls
-            if tls is not None:
+                client.handshakes, pbx)
+            tls = client.tls
+            if tls is not None:  # None: a plain-HTTP PBX
                 add(counter, "recfs_pbx_tls_handshakes", "TLS handshakes with the PBX, by kind",
                     tls.handshakes - tls.resumed, pbx, kind="full")
                 add(counter, "recfs_pbx_tls_handshakes", "TLS handshakes with the PBX, by kind",
                     tls.resumed, pbx, kind="resumed")
             add(gauge, "recfs_pbx_logged_in", "1 while a PBX session is live",
-                1 if s.client.logged_in else 0, pbx)
-            add(counter, "recfs_downloads", "Recording downloads", content.downloads_completed,
+                1 if client.logged_in else 0, pbx)
+            add(counter, "recfs_downloads", "Recording downloads", stats.downloads_completed,
                 pbx, result="completed")
-            add(counter, "recfs_downloads", "Recording downloads", content.downloads_failed,
+            add(counter, "recfs_downloads", "Recording downloads", stats.downloads_failed,
                 pbx, result="failed")
             add(counter, "recfs_download_bytes", "Bytes received from the PBX",
-                getattr(content, "bytes_downloaded", 0), pbx)
+                stats.bytes_downloaded, pbx)
             add(gauge, "recfs_downloads_running", "Transfers at the PBX now",
                 content.slots.in_use, pbx)
             add(gauge, "recfs_downloads_queued", "Transfers waiting for a slot",
                 content.slots.queued, pbx)
-            add(counter, "recfs_cache_hits", "Opens served from the cache",
-                getattr(content, "cache_hits", 0), pbx)
-            add(counter, "recfs_cache_misses", "Opens that needed the PBX",
-                getattr(content, "cache_misses", 0), pbx)
+            add(counter, "recfs_cache_hits", "Opens served from the cache", stats.cache_hits, pbx)
+            add(counter, "recfs_cache_misses", "Opens that needed the PBX", stats.cache_misses, pbx)
             add(counter, "recfs_cache_evictions", "Files evicted from the cache",
-                getattr(cache, "evictions", 0), pbx)
+                cache.evictions, pbx)
             add(gauge, "recfs_cache_bytes", "Bytes of complete files in the cache",
-                getattr(cache, "complete_bytes", 0), pbx)
-            add(gauge, "recfs_cache_files", "Complete files in the cache",
-                getattr(cache, "complete_files", 0), pbx)
+                cache.complete_bytes, pbx)
+            add(gauge, "recfs_cache_files", "Complete files in the cache", cache.complete_files,
+                pbx)
             add(gauge, "recfs_cache_limit_bytes", "The cache's size cap (0: none)",
-                getattr(cache, "max_bytes", None) or 0, pbx)
+                cache.max_bytes or 0, pbx)
             add(gauge, "recfs_recordings", "Recordings in the catalog", s.catalog.count(), pbx)
+            for task, health in s.tasks.health.items():
+                add(counter, "recfs_task_failures", "Failures of background tasks (each one "
+                    "restarted)", health.failures, pbx, task=task)
         yield from families.values()
 
 
 async def serve_metrics(metrics: Metrics, sock: socket.socket, stop: trio.Event, *,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the registry on the bound *sock* (its own port) until *stop*. The server
+    calls the app with `http` scopes only (no lifespan), which is all that
+    prometheus_client's app knows."""
     host, port = sock.getsockname()[:2]
     log.info("serving metrics on http://%s:%d/metrics", host, port)
-    prometheus = make_asgi_app(metrics.registry)
-
-    async def app(scope, receive, send) -> None:
-        # prometheus_client's app knows no lifespan: hypercorn would warn at every start.
-        if not await not_http(scope, receive, send):
-            await prometheus(scope, receive, send)
-
-    await serve_on(app, sock, stop, "recfs.service.metrics.server", task_status=task_status)
+    await serve_asgi(make_asgi_app(metrics.registry), sock, stop, "recfs.service.metrics.server",
+                     task_status=task_status)

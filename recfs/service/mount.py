@@ -17,6 +17,7 @@ signal); then the nursery is cancelled, and the session logged out.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -27,10 +28,13 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from recfs.logs import redact
 from recfs.service import systemd
 from recfs.http.asgi import bind_socket
 from recfs.service.config import MountOptions, OptionError
-from recfs.vfs.fuse_ops import RecfsOperations
+from recfs.service.first_contact import contact_all
+from recfs.service.mountpoint import MountError, prepare_mountpoint
+from recfs.vfs.fuse_ops import Filesystem, RecfsOperations
 from recfs.service.metrics import Metrics, serve_metrics
 from recfs.service.pbx_service import PbxService
 from recfs.ingest.receiver import ReportRouter, serve_reports
@@ -38,10 +42,6 @@ from recfs.vfs.core import Owner
 from recfs.vfs.multi import MultiFs
 
 log = logging.getLogger("recfs.service.mount")
-
-
-class MountError(Exception):
-    pass
 
 
 def fuse_options(opts: MountOptions) -> set[str]:
@@ -69,9 +69,11 @@ def _user_allow_other() -> bool:
 
 async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Mount, call task_status.started() once the mount is usable, and return after
-    it has been unmounted and every PBX session logged out."""
-    if not os.path.isdir(opts.mountpoint):
-        raise MountError(f"mount point {opts.mountpoint} is not a directory")
+    it has been unmounted and every PBX session logged out. First the mount point
+    (recfs/service/mountpoint.py: a dead mount there is detached, a live one refused);
+    before the mount is ready, one login per PBX (recfs/service/first_contact.py: a
+    wrong configuration is a MountError, an unreachable PBX only a warning)."""
+    await prepare_mountpoint(opts.mountpoint, opts.nonempty)  # a dead mount there: detached
     options = fuse_options(opts)
     owner = Owner(opts.uid, opts.gid, opts.umask)
     sock = _bind("for PBX reports", *opts.listen)
@@ -79,25 +81,27 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
     metrics_sock = _bind("for metrics", *opts.metrics) if opts.metrics else None
     services: list[PbxService] = []
     stop_servers = trio.Event()
+    # Kept whether or not they are served: the histograms are fed as things happen.
+    metrics = Metrics()
     try:
         for name, pbx_opts in (opts.pbxs or {"": opts}).items():
-            services.append(PbxService(pbx_opts, name, port, owner))
+            services.append(PbxService(pbx_opts, name, port, owner, metrics.observers))
+        fs: Filesystem
         if opts.pbxs:
-            fs = MultiFs({svc.name: svc.fs for svc in services}, owner)
-            fs.status = lambda: {"pbxs": {svc.name: svc.status.snapshot() for svc in services}}
+            fs = MultiFs({svc.name: svc.fs for svc in services}, owner,
+                         status=lambda: {"pbxs": {svc.name: svc.status.snapshot()
+                                                  for svc in services}})
         else:
             fs = services[0].fs
+        for svc in services:
+            metrics.watch(svc.status, svc.name)
         async with trio.open_nursery() as nursery:
             for svc in services:
                 await svc.start(nursery)
             router = ReportRouter({svc.secret: svc.report_app() for svc in services})
             await nursery.start(serve_reports, router, sock, stop_servers)
+            await contact_all(services)  # wrong configuration: MountError; PBX down: mount
             if metrics_sock is not None:
-                metrics = Metrics()
-                for svc in services:
-                    metrics.watch(svc.status, svc.name)
-                    svc.fs.read_latency = metrics.read_seconds.observe
-                    svc.content.download_latency = metrics.download_seconds.observe
                 await nursery.start(serve_metrics, metrics, metrics_sock, stop_servers)
             try:
                 pyfuse3.init(RecfsOperations(fs, direct_io=opts.direct_io), opts.mountpoint,
@@ -144,8 +148,12 @@ async def _stop_on_signal() -> None:
             return
 
 
-def run(opts: MountOptions, on_ready: Callable[[], None] | None = None) -> int:
-    """Run a mount to its end in this process (the foreground case)."""
+def run(opts: MountOptions, on_ready: Callable[[], None] | None = None,
+        on_failure: Callable[[str], None] | None = None) -> int:
+    """Run a mount to its end in this process (the foreground case). A MountError or
+    OptionError (a wrong configuration, a mount point in the way) is one ERROR line
+    (stderr: the terminal, or the journal under systemd, where the unit then fails:
+    READY=1 never came) and exit status 1; *on_failure* gets its text too."""
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_mount, opts)
@@ -158,9 +166,19 @@ def run(opts: MountOptions, on_ready: Callable[[], None] | None = None) -> int:
         expected = _expected_failure(exc)
         if expected is None:
             raise
-        log.error("%s", expected)
+        message = str(expected)
+        log.error("%s", message, extra=_FAILURE)
+        # What `systemctl status` shows beside "failed".
+        systemd.notify("STATUS=" + message.replace("\n", "; "))
+        if on_failure is not None:
+            on_failure(message)
         return 1
     return 0
+
+
+# Marks the log line of the failure that ends the command (the parent of a background
+# mount prints the failure itself, not this line).
+_FAILURE = {"mount_failure": True}
 
 
 def _expected_failure(exc: BaseException) -> BaseException | None:
@@ -177,47 +195,114 @@ def _expected_failure(exc: BaseException) -> BaseException | None:
 
 def run_in_background(opts: MountOptions, start_logging: Callable[[], None]) -> int:
     """Fork; the parent returns 0 once the child's mount is ready (or 1 with the
-    child's error), so that `recfs mount` in a script or fstab returns a usable mount."""
+    child's error), so that `recfs mount` in a script or fstab returns a usable mount.
+
+    Until then the child reports to the parent through a pipe, one JSON object a
+    line: {"notice": TEXT} for each WARNING or worse it logs (the PBX not reachable,
+    a dead mount detached, TLS verification off), {"error": TEXT} when the mount
+    fails, {"ready": true} when it is usable. The parent prints notices and the error
+    as `recfs: TEXT` lines on its stderr; the rest of the log goes to the log file
+    only."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
         os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
-            message = pipe.read()
-        if message == b"ready":
-            return 0
-        sys.stderr.write(message.decode("utf-8", "replace") or "recfs: mount failed\n")
-        return 1
+            report = pipe.read().decode("utf-8", "replace")
+        return _print_report(report)
     os.close(read_end)
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     start_logging()
+    # The terminal gets what the parent prints, not the log's own lines.
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    parent = _ParentPipe(write_end)
+    logging.getLogger().addHandler(parent)
 
     def ready() -> None:
-        os.write(write_end, b"ready")
-        os.close(write_end)
-        # From now on nobody reads our terminal output: logs go to the log file.
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
+        parent.say("ready", True)
+        parent.close_pipe()
+        logging.getLogger().removeHandler(parent)
 
     started = time.monotonic()
     try:
-        code = run(opts, on_ready=ready)
+        code = run(opts, on_ready=ready, on_failure=lambda message: parent.say("error", message))
     except BaseException as exc:
         code = 1
-        log.exception("mount failed")
-        _tell_parent(write_end, f"recfs: {exc}\n")
+        log.exception("mount failed", extra=_FAILURE)
+        parent.say("error", f"mount failed: {_innermost(exc)}; see the log")
     else:
-        if code != 0:
-            _tell_parent(write_end, "recfs: mount failed; see the log\n")
+        if code != 0 and not parent.said_error:
+            parent.say("error", "mount failed; see the log")
+    parent.close_pipe()
     log.debug("mount ran %.0f s", time.monotonic() - started)
     os._exit(code)
 
 
-def _tell_parent(fd: int, message: str) -> None:
-    try:
-        os.write(fd, message.encode())
-        os.close(fd)
-    except OSError:
-        pass
+class _ParentPipe(logging.Handler):
+    """The background child's side of the pipe to the waiting parent: forwards
+    WARNING and worse, until the mount is ready."""
+
+    def __init__(self, fd: int):
+        super().__init__(logging.WARNING)
+        self._fd: int | None = fd
+        self.said_error = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "mount_failure", False):
+            return  # the parent prints the failure from say("error", ...)
+        self.say("notice", redact(record.getMessage()))
+
+    def say(self, kind: str, value: object) -> None:
+        if self._fd is None:
+            return
+        self.said_error |= kind == "error"
+        try:
+            os.write(self._fd, (json.dumps({kind: value}) + "\n").encode())
+        except OSError:
+            pass
+
+    def close_pipe(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+
+def _print_report(report: str) -> int:
+    """The parent's side: print the child's notices and error; 0 once it was ready."""
+    ready, errors = False, []
+    for line in report.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = {"error": line}
+        if not isinstance(message, dict):
+            message = {"error": line}
+        if "notice" in message:
+            _say(str(message["notice"]))
+        elif message.get("ready"):
+            ready = True
+        elif "error" in message:
+            errors.append(str(message["error"]))
+    if ready:
+        return 0
+    for error in errors or ["mount failed (the mount process ended without a word)"]:
+        _say(error)
+    return 1
+
+
+def _say(text: str) -> None:
+    for line in text.splitlines() or [""]:
+        sys.stderr.write(f"recfs: {line}\n")
+    sys.stderr.flush()
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

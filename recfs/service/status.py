@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
+from recfs.catalog.database import Catalog
+from recfs.catalog.writer import CatalogWriter
+from recfs.content.store import ContentStore
+from recfs.ingest.pipeline import Ingest
+from recfs.logs import RecentProblems
+from recfs.pbx.client import PbxClient
+from recfs.service.supervise import Supervisor
 
 @dataclass
 class StatusSources:
@@ -18,11 +24,13 @@ class StatusSources:
 
     source: str
     mountpoint: str
-    client: Any  # PbxClient
-    ingest: Any  # Ingest
-    content: Any  # ContentStore
-    catalog: Any  # Catalog
-    problems: Any  # RecentProblems
+    client: PbxClient
+    ingest: Ingest
+    content: ContentStore
+    catalog: Catalog
+    writer: CatalogWriter
+    tasks: Supervisor
+    problems: RecentProblems
     started: float
 
     def snapshot(self) -> dict[str, Any]:
@@ -48,18 +56,23 @@ class StatusSources:
                 "rejected": counters.rejected,
             },
             "recordings": self.catalog.count(),
+            "catalog": {
+                "failed_commits": self.writer.stats.failed_commits,
+                "last_error": self.writer.stats.last_error,
+            },
             "cache": {
-                "files": getattr(cache, "complete_files", None),
-                "bytes": getattr(cache, "complete_bytes", None),
-                "max_bytes": getattr(cache, "max_bytes", None),
-                "min_free": getattr(cache, "min_free", None),
+                "files": cache.complete_files,
+                "bytes": cache.complete_bytes,
+                "max_bytes": cache.max_bytes,
+                "min_free": cache.min_free,
             },
             "downloads": {
                 "running": content.slots.in_use,
                 "queued": content.slots.queued,
-                "completed": content.downloads_completed,
-                "failed": content.downloads_failed,
+                "completed": content.stats.downloads_completed,
+                "failed": content.stats.downloads_failed,
             },
+            "task_failures": self.tasks.snapshot(),
             "errors_last_hour": len(problems),
             "recent_errors": [message for _when, message in problems[-5:]],
         }

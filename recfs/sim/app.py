@@ -188,7 +188,8 @@ class SimApp:
 
     @staticmethod
     async def _read_body(receive: Receive) -> bytes | None:
-        parts, size = [], 0
+        parts: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":

@@ -54,16 +54,16 @@ def _to_errno(value: Any) -> str:
     return text
 
 
-def _to_html_status(value: Any) -> int:
+def _to_html_status(value: Any) -> int | bool:
     # true → the page comes with HTTP 200 (what a careless client trusts);
-    # a number → that HTTP status.
+    # a number → that HTTP status; false → off.
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         if not 200 <= value <= 599:
             raise FaultError(f"HTTP status out of range: {value}")
         return value
-    return 200 if _to_bool(value) else False  # type: ignore[return-value]
+    return 200 if _to_bool(value) else False
 
 
 PARSERS = {

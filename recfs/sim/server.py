@@ -120,7 +120,9 @@ async def run_simulator(config: SimConfig, *, task_status: trio.TaskStatus[Simul
 
             async def serve_then_flag(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 try:
-                    await serve(SimApp(sim), hconfig, shutdown_trigger=stop.wait, task_status=task_status)
+                    # SimApp is a plain ASGI 3 callable; hypercorn's types name its own scopes.
+                    await serve(SimApp(sim), hconfig, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
+                                task_status=task_status)
                 finally:
                     served.set()
 

@@ -17,6 +17,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from recfs.catalog.database import Catalog, Recording
 from recfs.content.store import ContentStore, OpenRecording
@@ -35,6 +36,8 @@ FILE_TIMEOUT = 3600.0
 # Directories gain entries: the kernel re-asks at least this often.
 DIR_TIMEOUT = 1.0
 BLOCK_SIZE = 4096
+# Seconds by which a commit may come after the time its rows say they were added.
+REFRESH_MARGIN = 60.0
 
 
 
@@ -95,39 +98,40 @@ class Attributes:
 
 
 class RecordingsFs:
-    def __init__(self, catalog: Catalog, content: ContentStore, owner: Owner,
-                 mount_time: float | None = None, views: bool = True, top: str = ""):
+    def __init__(self, catalog: Catalog, content: ContentStore, owner: Owner, *,
+                 status: Callable[[], dict[str, Any]], observe_read: Callable[[float], None],
+                 views: bool = True, top: str = ""):
+        """*status*: the mount's state for STATUS_XATTR; *observe_read*: told the
+        seconds each read took (metrics)."""
         self.catalog = catalog
         self.content = content
         self.owner = owner
-        self.tree = DirTree(mount_time if mount_time is not None else time.time(), views, top)
-        self.load_dirs()
+        self.status = status
+        self.observe_read = observe_read
+        self.tree = DirTree(views, top)
+        self._refreshed_to = 0.0  # summary rows changed before this were seen already
+        self.refresh()
         self._handles: dict[int, OpenRecording] = {}
         self._next_fh = itertools.count(1)
-        self.status: Callable[[], dict] | None = None  # set by the mount
-        self.read_latency: Callable[[float], None] | None = None  # metrics, if wanted
 
-    # -- news from the ingest side --------------------------------------------------
+    # -- news from the catalog ---------------------------------------------------------
 
-    def load_dirs(self) -> None:
-        """The date and type trees from the catalog's small summary tables (also
-        picks up days another process, `recfs backfill`, added)."""
-        for day, _count, newest in self.catalog.days():
-            self.tree.add_day(day, newest)
-        if self.tree.views:
-            for type_, day, newest in self.catalog.type_days():
+    def refresh(self) -> None:
+        """Make the directories of every day (and type's day) in the catalog exist,
+        from its small summary tables: called whenever the catalog changed
+        (recfs/catalog/watch.py), whoever wrote it. Only rows changed since the last
+        time are walked (less a margin for transactions that took long to commit)."""
+        since = self._refreshed_to - REFRESH_MARGIN
+        for day in self.catalog.days(since):
+            self.tree.add_day(day.key, day.last_call)
+            self._refreshed_to = max(self._refreshed_to, day.newest)
+        if self.tree.by_number is not None:
+            for type_day in self.catalog.type_days(since):
+                type_, _, day_ = type_day.key.partition("/")
                 if _dir_name_ok(type_):
-                    self.tree.add_type_day(type_, day, newest)
-
-    def added(self, rec: Recording) -> None:
-        """A recording was just committed to the catalog: make its directories exist."""
-        self.tree.add_day(rec.day, rec.added)
-        if self.tree.by_number is None:
-            return
-        if _dir_name_ok(rec.call.type):
-            self.tree.add_type_day(rec.call.type, rec.day, rec.added)
-        if rec.call.caller or rec.call.callee:
-            self.tree.by_number.mtime = max(self.tree.by_number.mtime, rec.added)
+                    self.tree.add_type_day(type_, day_, type_day.last_call)
+            # Nearly every call has a number: the latest call with one is the latest.
+            self.tree.by_number.mtime = max(self.tree.by_number.mtime, self.tree.root.mtime)
 
     # -- attributes ------------------------------------------------------------
 
@@ -173,6 +177,12 @@ class RecordingsFs:
         return await self._exact_file_attributes(self._recording(ino))
 
     async def lookup(self, parent: int, name: str) -> Attributes:
+        if name == "." and self.tree.get(parent) is None:
+            # The kernel asks "." of any inode, files included, to turn an NFS (or
+            # open_by_handle_at) file handle back into an inode it has forgotten. A
+            # handle is no reason to download: the known size or none (timeout 0).
+            rec = self._recording(parent)
+            return self._file_attributes(rec, self.content.known_size(rec))
         node = self._dir(parent)
         if name == ".":
             return self.dir_attributes(node)
@@ -244,9 +254,10 @@ class RecordingsFs:
             batch = self.catalog.numbers(cursor)
             if not batch:
                 return
-            for rowid, number, newest in batch:
+            for rowid, number, last_call in batch:
                 if _dir_name_ok(number):
-                    yield number, self.dir_attributes(self.tree.number_node(number, newest)), rowid
+                    node = self.tree.number_node(number, last_call)
+                    yield number, self.dir_attributes(node), rowid
             cursor = batch[-1][0]
 
     # -- contents ---------------------------------------------------------------
@@ -279,8 +290,7 @@ class RecordingsFs:
         started = time.monotonic()
         try:
             data = await handle.read(offset, size)
-            if self.read_latency is not None:
-                self.read_latency(time.monotonic() - started)
+            self.observe_read(time.monotonic() - started)
             return data
         except (TransferFailed, PbxError) as exc:
             log.warning("read of %s failed: %s", handle.rec.name, exc)
@@ -303,7 +313,7 @@ class RecordingsFs:
         return [XATTR_PREFIX + field for field in XATTR_FIELDS if getattr(rec.call, field)]
 
     def getxattr(self, ino: int, name: str) -> bytes:
-        if ino == self.tree.root_ino and name == STATUS_XATTR and self.status is not None:
+        if ino == self.tree.root_ino and name == STATUS_XATTR:
             return json.dumps(self.status(), sort_keys=True).encode()
         if self.tree.get(ino) is None and name.startswith(XATTR_PREFIX):
             field = name[len(XATTR_PREFIX):]
@@ -317,5 +327,8 @@ class RecordingsFs:
 
     def statfs(self) -> dict[str, int]:
         files = self.catalog.count()
-        return {"bsize": BLOCK_SIZE, "frsize": BLOCK_SIZE, "blocks": 0, "bfree": 0,
+        # Known sizes only (a recording never downloaded has none yet); read-only, so
+        # nothing is free. `df` and Samba clients then show what the mount holds.
+        blocks = -(-self.catalog.known_bytes() // BLOCK_SIZE)
+        return {"bsize": BLOCK_SIZE, "frsize": BLOCK_SIZE, "blocks": blocks, "bfree": 0,
                 "bavail": 0, "files": files + len(self.tree.nodes), "ffree": 0, "namemax": 255}

@@ -12,12 +12,30 @@ import errno
 import functools
 import logging
 import os
+from collections.abc import Iterator
+from typing import Protocol
 
 import pyfuse3
 
-from recfs.vfs.core import Attributes, FsError, RecordingsFs
+from recfs.vfs.core import Attributes, FsError
 
 log = logging.getLogger("recfs.fuse")
+
+
+class Filesystem(Protocol):
+    """What the adapter serves: RecordingsFs (one PBX) or MultiFs (several)."""
+
+    async def lookup(self, parent: int, name: str) -> Attributes: ...
+    async def getattr(self, ino: int) -> Attributes: ...
+    def opendir(self, ino: int) -> int: ...
+    def readdir(self, ino: int, after: int) -> Iterator[tuple[str, Attributes, int]]: ...
+    def open(self, ino: int, flags: int) -> int: ...
+    def is_cached_open(self, fh: int) -> bool: ...
+    async def read(self, fh: int, offset: int, size: int) -> bytes: ...
+    def release(self, fh: int) -> None: ...
+    def listxattr(self, ino: int) -> list[str]: ...
+    def getxattr(self, ino: int, name: str) -> bytes: ...
+    def statfs(self) -> dict[str, int]: ...
 
 
 def translated(handler):
@@ -71,7 +89,7 @@ class RecfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: RecordingsFs, *, direct_io: bool = True):
+    def __init__(self, fs: Filesystem, *, direct_io: bool = True):
         super().__init__()
         self.fs = fs
         self.direct_io = direct_io
@@ -105,9 +123,9 @@ class RecfsOperations(pyfuse3.Operations):
             # Every read comes here, as large as the program asked (up to 1 MiB),
             # and goes straight into its buffer. Through the page cache instead, a
             # recording read once sits in memory twice (the cache file's pages and
-            # the mount's), and copying a tree out costs that second copy in CPU:
-            # rsync of 500 fresh recordings took 10-17 s that way, 8-13 s this way.
-            # The price: mmap(MAP_SHARED) fails (ENODEV) unless direct_io=no.
+            # the mount's), and copying a tree out pays for that second copy (README,
+            # Benchmarks). The price: mmap(MAP_SHARED) fails (ENODEV) unless
+            # direct_io=no.
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         return pyfuse3.FileInfo(fh=fh, keep_cache=self.fs.is_cached_open(fh))
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import itertools
 import json
-import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from recfs.vfs.xattrs import STATUS_XATTR
 from recfs.vfs.core import Attributes, FsError, Owner, RecordingsFs
@@ -20,14 +20,14 @@ from recfs.vfs.tree import ROOT_INO
 
 
 class MultiFs:
-    def __init__(self, parts: dict[str, RecordingsFs], owner: Owner, mount_time: float | None = None):
+    def __init__(self, parts: dict[str, RecordingsFs], owner: Owner, *,
+                 status: Callable[[], dict[str, Any]]):
         self.parts = parts
         self.owner = owner
-        self.mount_time = mount_time if mount_time is not None else time.time()
+        self.status = status
         self._tops = {fs.tree.root_ino: name for name, fs in parts.items()}
         self._handles: dict[int, tuple[RecordingsFs, int]] = {}
         self._next_fh = itertools.count(1)
-        self.status: Callable[[], dict] | None = None
 
     # -- finding the owner ---------------------------------------------------------
 
@@ -41,7 +41,7 @@ class MultiFs:
         raise FsError(errno.ENOENT)
 
     def _root_attributes(self) -> Attributes:
-        mtime = max([self.mount_time, *(fs.tree.root.mtime for fs in self.parts.values())])
+        mtime = max(fs.tree.root.mtime for fs in self.parts.values())
         return Attributes(ROOT_INO, self.owner.dir_mode, 2 + len(self.parts), 0, self.owner.uid,
                           self.owner.gid, mtime, 1.0)
 
@@ -109,7 +109,7 @@ class MultiFs:
 
     def getxattr(self, ino: int, name: str) -> bytes:
         if ino == ROOT_INO:
-            if name == STATUS_XATTR and self.status is not None:
+            if name == STATUS_XATTR:
                 return json.dumps(self.status(), sort_keys=True).encode()
             raise FsError(errno.ENODATA)
         return self._owner(ino).getxattr(ino, name)
@@ -117,5 +117,6 @@ class MultiFs:
     def statfs(self) -> dict[str, int]:
         figures = [fs.statfs() for fs in self.parts.values()]
         total = dict(figures[0])
-        total["files"] = sum(f["files"] for f in figures)
+        for key in ("files", "blocks"):
+            total[key] = sum(f[key] for f in figures)
         return total

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from recfs.catalog.database import dir_ino
 
 ROOT_INO = 1
+# A directory's mtime is the start of the latest call below it: the same on every
+# mount, so that backups see no change where nothing changed. Empty: the epoch.
+EMPTY_MTIME = 0.0
 BY_TYPE = "by-type"
 BY_NUMBER = "by-number"
 
@@ -35,19 +38,19 @@ class DirNode:
 
 
 class DirTree:
-    def __init__(self, mount_time: float, views: bool = True, top: str = ""):
+    def __init__(self, views: bool = True, top: str = ""):
         """*top*: in a mount of several PBXs, this PBX's directory: its tree hangs
         there, and its directory inodes are derived from paths below it."""
         self.root_ino = dir_ino(top) if top else ROOT_INO
         self.nodes: dict[int, DirNode] = {
-            self.root_ino: DirNode(self.root_ino, ROOT_INO, top, top, mount_time),
+            self.root_ino: DirNode(self.root_ino, ROOT_INO, top, top, EMPTY_MTIME),
         }
         self.views = views
         self.by_type: DirNode | None = None
         self.by_number: DirNode | None = None
         if views:
-            self.by_type = self._child(self.root, BY_TYPE, mount_time)
-            self.by_number = self._child(self.root, BY_NUMBER, mount_time)
+            self.by_type = self._child(self.root, BY_TYPE, EMPTY_MTIME)
+            self.by_number = self._child(self.root, BY_NUMBER, EMPTY_MTIME)
             self.by_number.files = ("numbers",)
 
     @property
@@ -84,12 +87,14 @@ class DirTree:
     def add_type_day(self, type_: str, day: str, mtime: float) -> DirNode:
         """by-type/<type>/YYYY/MM/DD; *type_* must be a safe directory name."""
         assert self.by_type is not None
-        self.root.mtime = max(self.root.mtime, mtime)
+        for node in (self.root, self.by_type):
+            node.mtime = max(node.mtime, mtime)
         base = self._child(self.by_type, type_, mtime)
         return self._add_dated(base, day, mtime, ("type-day", type_, day))
 
     def number_node(self, number: str, mtime: float) -> DirNode:
-        """by-number/<number>, made on demand (the caller checked it exists)."""
+        """by-number/<number>, made on demand (the caller checked it exists), with
+        the catalog's *mtime* (its latest call)."""
         assert self.by_number is not None
         path = f"{self.by_number.path}/{number}"
         ino = dir_ino(path)
@@ -97,14 +102,5 @@ class DirTree:
         if node is None:
             node = DirNode(ino, self.by_number.ino, number, path, mtime, files=("number", number))
             self.nodes[ino] = node
-        return node
-
-    def day_node(self, day: str) -> DirNode | None:
-        node: DirNode | None = self.root
-        for part in day.split("-"):
-            assert node is not None
-            child = node.children.get(part)
-            node = self.nodes.get(child) if child is not None else None
-            if node is None:
-                return None
+        node.mtime = mtime
         return node

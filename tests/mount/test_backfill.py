@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from conftest import Sim
+from tests.mount.harness import Sim
 
 
 def listed(mount, cdr) -> bool:
@@ -51,7 +51,7 @@ def test_periodic_recheck_finds_a_dropped_report_without_remount(sim, mount_fact
 def test_v1_api_backfill(tmp_path):
     sim = Sim(tmp_path / "sim1", "--fault", "cdr_bom=1")
     try:
-        from conftest import Mount
+        from tests.mount.harness import Mount
         dropped = sim.call(duration=2, drop_report=True)
         mount = Mount(sim, tmp_path / "m1", "prefetch=none", "api_version=v1.1.0")
         try:
@@ -66,7 +66,7 @@ def test_v1_api_backfill(tmp_path):
 
 def test_pbx_down_at_mount_then_back(tmp_path):
     sim = Sim(tmp_path / "sim")
-    from conftest import Mount
+    from tests.mount.harness import Mount
     mounts = []
     try:
         cached = sim.call(duration=2)

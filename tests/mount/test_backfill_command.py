@@ -6,7 +6,7 @@ import json
 import sqlite3
 import subprocess
 
-from conftest import RECFS, Mount, Sim
+from tests.mount.harness import RECFS, Mount, Sim
 
 
 def run_backfill(sim, workdir, *args):

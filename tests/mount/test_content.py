@@ -13,7 +13,7 @@ import pytest
 
 from tests.ci import unavailable
 
-from conftest import wait_for
+from tests.mount.harness import wait_for
 
 SECOND = 16000  # bytes of 8 kHz 16-bit mono audio per second of call
 HEADER = 44

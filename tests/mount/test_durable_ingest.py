@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 
-from conftest import receiver_url, wait_for
+from tests.mount.harness import receiver_url, wait_for
 
 
 def report(i: int) -> tuple[str, str, bytes]:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import read_after_recovery, wait_for
+from tests.mount.harness import read_after_recovery, wait_for
 
 
 def sha256(path) -> str:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Mount, read_after_recovery, wait_for
+from tests.mount.harness import Mount, read_after_recovery, wait_for
 
 
 def cache_files(mount) -> list:

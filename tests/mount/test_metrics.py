@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from conftest import free_port, metric as value, wait_for
+from tests.mount.harness import free_port, metric as value, wait_for
 
 
 def test_metrics_count_what_happened(sim, mount_factory):
@@ -33,7 +33,7 @@ def test_metrics_count_what_happened(sim, mount_factory):
     assert value(text, "recfs_read_seconds_count") >= 1
     assert value(text, "recfs_download_seconds_count") == 1
     # A refused report counts too.
-    from conftest import receiver_url
+    from tests.mount.harness import receiver_url
     httpx.post(receiver_url(mount), content=b"garbage")
     assert value(httpx.get(url).text, "recfs_reports_total", '{outcome="rejected"}') == 1
     assert "Lifespan" not in mount.log()

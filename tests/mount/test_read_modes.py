@@ -11,7 +11,7 @@ import shutil
 import httpx
 import pytest
 
-from conftest import free_port, metric, wait_for
+from tests.mount.harness import free_port, metric, wait_for
 
 MiB = 1 << 20
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import receiver_url
+from tests.mount.harness import receiver_url
 
 REPORT = {"event": "NewCdr", "callid": "1718001234.88", "timestart": "2024-06-10 08:33:54",
           "recording": "20240610083402-1718001234.88-0612345678-2001-Inbound.wav"}

@@ -9,7 +9,7 @@ import threading
 import httpx
 import pytest
 
-from conftest import receiver_url, wait_for
+from tests.mount.harness import receiver_url, wait_for
 
 GOOD = {"event": "NewCdr", "callid": "1718001234.88", "timestart": "2024-06-10 08:33:54",
         "callfrom": "0612345678", "callto": "2001", "type": "Inbound", "status": "ANSWERED",

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 
-from conftest import RECFS, Sim, wait_for
+from tests.mount.harness import RECFS, Sim, wait_for
 
 
 def test_two_pbxs_one_mount(tmp_path):

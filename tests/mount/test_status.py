@@ -14,7 +14,7 @@ import recfs
 
 from tests.ci import unavailable
 
-from conftest import RECFS, Mount
+from tests.mount.harness import RECFS, Mount
 
 
 def test_status_as_root_and_as_json(sim, mounted):

@@ -12,7 +12,7 @@ import pytest
 
 from tests.ci import unavailable
 
-from conftest import Mount, wait_for
+from tests.mount.harness import Mount, wait_for
 
 HELPER = Path(sys.executable).parent / "mount.fuse.recfs"
 SBIN = Path("/sbin/mount.fuse.recfs")

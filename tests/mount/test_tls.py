@@ -8,8 +8,6 @@ import ssl
 
 import pytest
 
-from conftest import wait_for
-
 
 def sim_fingerprint(sim) -> str:
     pem = open(sim.cafile).read()
@@ -25,29 +23,25 @@ def test_pinned_fingerprint_works(sim, mount_factory):
 
 
 def test_wrong_fingerprint_never_logs_in(sim, tmp_path):
-    from conftest import Mount
+    # A configuration error: the mount command fails (tests/mount/test_first_contact.py
+    # has the rest), and the wrong server never saw the login.
+    from tests.mount.test_first_contact import try_mount
     wrong = "sha256:" + "00" * 32
-    mount = Mount(sim, tmp_path / "w", "prefetch=none", f"fingerprint={wrong}")
-    try:
-        wait_for(lambda: "pinned fingerprint" in mount.log(), 20, what="pin refusal in the log")
-        assert sim.stats()["logins"] == 0
-    finally:
-        mount.cleanup()
+    done = try_mount(sim, tmp_path / "w", f"fingerprint={wrong}")
+    assert done.returncode == 1 and f"does not match fingerprint={wrong}" in done.stderr
+    assert sim.stats()["logins"] == 0
 
 
 def test_without_cafile_the_self_signed_pbx_is_not_trusted(sim, tmp_path):
-    from conftest import Mount
-    mount = Mount(sim, tmp_path / "n", "prefetch=none", "cafile=")
-    try:
-        wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in mount.log() or
-                 "certificate verify failed" in mount.log(), 20, what="TLS refusal")
-        assert sim.stats()["logins"] == 0
-    finally:
-        mount.cleanup()
+    from tests.mount.test_first_contact import try_mount
+    done = try_mount(sim, tmp_path / "n", "cafile=")
+    assert done.returncode == 1
+    assert "not trusted (self-signed certificate" in done.stderr and "cafile=" in done.stderr
+    assert sim.stats()["logins"] == 0
 
 
 def test_insecure_works_and_is_warned_about(sim, tmp_path):
-    from conftest import Mount
+    from tests.mount.harness import Mount
     mount = Mount(sim, tmp_path / "i", "prefetch=none", "insecure")
     try:
         cdr = sim.call(duration=2)
@@ -59,7 +53,7 @@ def test_insecure_works_and_is_warned_about(sim, tmp_path):
 
 @pytest.mark.parametrize("bad", ["sha1:00", "sha256:zz", "sha256:" + "0" * 10])
 def test_malformed_fingerprint_is_refused(sim, tmp_path, bad):
-    from conftest import Mount
+    from tests.mount.harness import Mount
     with pytest.raises(AssertionError, match="fingerprint"):
         Mount(sim, tmp_path / "b", f"fingerprint={bad}").cleanup()
 
@@ -67,7 +61,7 @@ def test_malformed_fingerprint_is_refused(sim, tmp_path, bad):
 def test_proxy_settings_in_the_environment_are_not_used(sim, tmp_path):
     # A proxy would sit between the pin and the PBX (and see every random): recfs
     # talks to the PBX directly whatever the environment says.
-    from conftest import Mount
+    from tests.mount.harness import Mount
     dead = "http://127.0.0.1:9"
     mount = Mount(sim, tmp_path / "p", "prefetch=none", f"fingerprint={sim_fingerprint(sim)}",
                   env={"HTTPS_PROXY": dead, "https_proxy": dead, "ALL_PROXY": dead})

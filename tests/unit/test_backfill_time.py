@@ -1,14 +1,16 @@
 """The PBX's clock (UTC offset learned from callid + timestart) and back-fill windows."""
 
+import time
 from datetime import datetime, timedelta
 
 import pytest
 
 from recfs.ingest.backfill import Backfill, BackfillKeeper
-from recfs.catalog.database import Catalog
+from recfs.catalog.database import Catalog, call_epoch, insert_calls
 from recfs.pbx.clock import PbxClock, offset_of
 from recfs.pbx.errors import PbxError
 from recfs.pbx.reports import CallRecord
+from tests.catalog_util import write_calls
 
 HEADER = b"callid,timestart,recording\r\n"
 
@@ -22,6 +24,9 @@ HEADER = b"callid,timestart,recording\r\n"
     ("abc", "2024-06-10 08:33:54", None),
     ("1718001234.1", "2024-06-10 08:10:00", None),        # not a quarter hour apart
     ("1718001234.1", "2024-06-12 08:33:54", None),        # two days apart: not an offset
+    ("1718001234.1", "2024-06-31 08:33:54", None),        # no such date
+    ("1718001234.1", "", None),
+    (None, "2024-06-10 08:33:54", None),
 ])
 def test_offset_of(callid, timestart, offset):
     assert offset_of(callid, timestart) == offset
@@ -38,17 +43,78 @@ def test_clock_follows_daylight_saving_and_saves():
     assert clock.local_now() == datetime(2024, 6, 10, 7, 33, 54)
 
 
-def test_day_follows_pbx_date_and_mtime_true_utc(tmp_path):
+# Host time zones far from the PBX's, as POSIX TZ strings (no zone data needed):
+# New York (UTC-4 in June), India (+05:30), Kiritimati (+14).
+HOST_ZONES = ["EST5EDT,M3.2.0,M11.1.0", "IST-5:30", "<+14>-14"]
+
+
+@pytest.fixture(params=HOST_ZONES)
+def host_tz(request, monkeypatch):
+    """The test runs with the host's local time zone set to each of HOST_ZONES."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    assert time.localtime(1718001234).tm_gmtoff != 0  # the zone really is in force
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
+def _add(catalog: Catalog, calls: list[CallRecord], utc_offset: int | None):
+    db = catalog.connect()
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        recordings = insert_calls(db, calls, utc_offset)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return recordings
+
+
+def test_day_follows_pbx_date_and_mtime_true_utc(tmp_path, host_tz):
     catalog = Catalog(tmp_path / "c.sqlite")
     # 00:30 local on 2024-06-11 in UTC+2 is 22:30 UTC on the 10th.
     call = CallRecord(name="20240611003005-1718058600.1-1-2-Internal.wav", callid="1718058600.1",
                       timestart="2024-06-11 00:30:00")
     nocallid = CallRecord(name="x.wav", timestart="2024-06-11 00:30:00")
-    rec, rec2 = catalog.add_many([call, nocallid], utc_offset=7200)
+    rec, rec2 = _add(catalog, [call, nocallid], utc_offset=7200)
     assert (rec.day, rec.mtime) == ("2024-06-11", 1718058600.0)
     assert (rec2.day, rec2.mtime) == ("2024-06-11", 1718058600.0)
+    assert catalog.by_name("x.wav").mtime == 1718058600.0
     assert catalog.meta("last_seen") == "2024-06-11 00:30:00"
     catalog.close()
+
+
+def test_call_epoch_uses_the_learned_offset_never_the_host_zone(host_tz):
+    nocallid = CallRecord(name="x.wav", timestart="2024-06-11 00:30:00")
+    assert call_epoch(nocallid, 7200) == 1718058600
+    assert call_epoch(nocallid, 0) == 1718058600 + 7200
+    assert call_epoch(nocallid, None) is None  # unknown offset: no guess
+    # The callid wins over the stamp whatever the offset.
+    withcallid = CallRecord(name="y.wav", callid="1718058600.7", timestart="2024-06-11 09:00:00")
+    assert call_epoch(withcallid, 7200) == call_epoch(withcallid, None) == 1718058600
+    assert call_epoch(CallRecord(name="z.wav", timestart="2024-06-31 00:30:00"), 7200) is None
+
+
+def test_a_call_nothing_dates_gets_the_time_it_was_added(tmp_path, host_tz):
+    catalog = Catalog(tmp_path / "c.sqlite")
+    before = time.time()
+    (rec,) = _add(catalog, [CallRecord(name="x.wav", timestart="2024-06-11 00:30:00")], None)
+    after = time.time()
+    assert rec.day == "2024-06-11"
+    assert before <= rec.mtime == rec.added <= after
+    stored = catalog.by_name("x.wav")
+    assert stored.mtime == stored.added == rec.added
+    catalog.close()
+
+
+def test_offset_learning_does_not_depend_on_the_host_zone(host_tz):
+    assert offset_of("1718001234.88", "2024-06-10 08:33:54") == 7200
+    assert offset_of("1718001234", "2024-06-10 12:03:54") == 19800
+    assert offset_of("1718001234.1", "2024-06-09 20:33:54") == -36000
+    clock = PbxClock(None, now=lambda: 1718001234.0)
+    clock.learn("1718001234.88", "2024-06-10 08:33:54")
+    assert clock.offset == 7200
+    assert clock.local_now() == datetime(2024, 6, 10, 8, 33, 54)
 
 
 class FakeClient:

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
 import trio
 
-from recfs.content.cache import CacheFull, DiskCache, parse_size, resolve_size
+from recfs.content.cache import (
+    _TOUCH_GRANULARITY,
+    CacheFull,
+    DiskCache,
+    parse_size,
+    resolve_size,
+)
 
 
 def put(cache: DiskCache, ino: int, data: bytes) -> None:
@@ -145,3 +152,32 @@ def test_a_cached_file_of_the_wrong_length_is_discarded(tmp_path):
     put(cache, 1, b"1" * 1000)
     assert cache.open_complete(1, 999) is None
     assert cached(cache) == set() and cache.usage() == (0, 0)
+
+
+def last_access(cache: DiskCache, ino: int) -> float:
+    return cache._db.execute("SELECT last_access FROM files WHERE ino = ?", (ino,)).fetchone()[0]
+
+
+def test_an_access_time_is_written_at_most_once_per_granularity(tmp_path, monkeypatch):
+    cache = DiskCache(tmp_path / "c")
+    put(cache, 1, b"1" * 1000)
+    os.close(cache.open_complete(1, 1000))
+    first = last_access(cache, 1)
+    later = time.time() + 5
+    monkeypatch.setattr(time, "time", lambda: later)
+    os.close(cache.open_complete(1, 1000))
+    assert last_access(cache, 1) == first  # opened again within the granularity
+    # Once the granularity has passed, the next open writes it again.
+    cache._touched.expire(time.monotonic() + _TOUCH_GRANULARITY)
+    os.close(cache.open_complete(1, 1000))
+    assert last_access(cache, 1) == later
+
+
+def test_the_map_of_recent_accesses_is_bounded(tmp_path):
+    cache = DiskCache(tmp_path / "c")
+    put(cache, 1, b"1" * 100)
+    os.close(cache.open_complete(1, 100))
+    for ino in range(2, 10_000):  # as many opens of other files, within seconds
+        cache._touched[ino] = True
+    assert len(cache._touched) == cache._touched.maxsize == 4096
+    assert 9999 in cache._touched and 1 not in cache._touched  # the oldest went first

@@ -8,11 +8,12 @@ from recfs import logs
 
 @pytest.fixture(autouse=True)
 def restore_root_logger():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    root, fuse_log = logging.getLogger(), logging.getLogger("pyfuse3")
+    handlers, level, filters = list(root.handlers), root.level, list(fuse_log.filters)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    fuse_log.filters[:] = filters
 
 
 def capture(monkeypatch, journal: bool) -> str:
@@ -68,3 +69,45 @@ def test_a_log_budget_counts_what_it_does_not_log(monkeypatch, caplog):
                      "refused: further ones this minute are only counted",
                      "refused: 47 more in the last minute, not logged one by one",
                      "refused: peer 99"]
+
+
+def test_a_reply_to_a_requester_that_is_gone_is_not_an_error(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.setup_logging("INFO")
+    logs.setup_logging("INFO")  # twice: still one filter
+    fuse_log = logging.getLogger("pyfuse3")
+    assert sum(isinstance(f, logs.RequesterGoneFilter) for f in fuse_log.filters) == 1
+    # As pyfuse3's handlers log it (handlers.pxi), with strerror(-ret).
+    fuse_log.error("fuse_release(): fuse_reply_* failed with %s", "No such file or directory")
+    fuse_log.error("fuse_read(): fuse_reply_* failed with %s", "No such file or directory")
+    fuse_log.error("fuse_read(): fuse_reply_* failed with %s", "Broken pipe")
+    fuse_log.error("fuse_setattr(): clock_gettime(CLOCK_REALTIME) failed with %s",
+                   "No such file or directory")
+    logging.getLogger("recfs.test").error("fuse_release(): fuse_reply_* failed with %s",
+                                          "No such file or directory")
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "INFO pyfuse3: fuse_release(): fuse_reply_* failed with No such file or directory",
+        "INFO pyfuse3: fuse_read(): fuse_reply_* failed with No such file or directory",
+        "ERROR pyfuse3: fuse_read(): fuse_reply_* failed with Broken pipe",
+        ("ERROR pyfuse3: fuse_setattr(): clock_gettime(CLOCK_REALTIME) failed with "
+         "No such file or directory"),
+        "ERROR recfs.test: fuse_release(): fuse_reply_* failed with No such file or directory",
+    ]
+    problems = [m for _t, m in logs.recent_problems.last_hour()]
+    assert not any("pyfuse3: fuse_release()" in m for m in problems)
+    assert any("Broken pipe" in m for m in problems)
+
+
+def test_a_requester_gone_line_follows_the_info_level(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.setattr("sys.stderr", stream)
+    logs.setup_logging("WARNING")
+    fuse_log = logging.getLogger("pyfuse3")
+    fuse_log.error("fuse_release(): fuse_reply_* failed with %s", "No such file or directory")
+    fuse_log.error("fuse_release(): fuse_reply_* failed with %s", "Broken pipe")
+    assert "No such file" not in stream.getvalue()
+    assert "ERROR pyfuse3: fuse_release(): fuse_reply_* failed with Broken pipe" in stream.getvalue()

@@ -1,7 +1,9 @@
 import json
+import time
 
 import pytest
 
+from recfs.pbx import clock
 from recfs.pbx.names import BadName, check_recording_name
 from recfs.pbx.reports import BadReport, CallRecord, call_from_cdr, decode_report, event_name
 
@@ -68,3 +70,82 @@ def test_day_falls_back_to_name_then_callid():
     assert CallRecord(name="20231231235959-1.2-a-b-Internal.wav").day == "2023-12-31"
     assert CallRecord(name="odd.wav", callid="1718001234.1").day == "2024-06-10"
     assert CallRecord(name="odd.wav", timestart="2024-13-45 00:00:00").day == "1970-01-01"
+
+
+# Host time zones far from the PBX's, as POSIX TZ strings (no zone data needed):
+# New York (UTC-4 in June), India (+05:30), Kiritimati (+14).
+HOST_ZONES = ["EST5EDT,M3.2.0,M11.1.0", "IST-5:30", "<+14>-14"]
+
+
+@pytest.fixture(params=HOST_ZONES)
+def host_tz(request, monkeypatch):
+    """The test runs with the host's local time zone set to each of HOST_ZONES."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    assert time.localtime(1718001234).tm_gmtoff != 0  # the zone really is in force
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_epoch_is_the_callid_and_never_the_host_zone(host_tz):
+    timestart = "2024-06-10 08:33:54"
+    assert CallRecord(name=GOOD, callid="1718001234.88", timestart=timestart).epoch == 1718001234
+    assert CallRecord(name=GOOD, callid="1718001234", timestart="garbage").epoch == 1718001234
+    # A PBX-local stamp alone does not say which instant it is: no guess from the
+    # host's zone (the catalog dates such a call with the PBX's learned offset).
+    assert CallRecord(name="odd.wav", timestart=timestart).epoch is None
+    assert CallRecord(name=GOOD, callid="not-a-callid", timestart=timestart).epoch is None
+    assert CallRecord(name="odd.wav").epoch is None
+
+
+def test_day_from_each_source_whatever_the_host_zone(host_tz):
+    # timestart first: the PBX-local date, even where the name's stamp is a few
+    # seconds later and already on the next day.
+    assert CallRecord(name="20240611000003-1718056799.1-a-b-Internal.wav", callid="1718056799.1",
+                      timestart="2024-06-10 23:59:59").day == "2024-06-10"
+    # else the name's leading stamp (PBX-local too)
+    assert CallRecord(name="20240611000003-1718056799.1-a-b-Internal.wav").day == "2024-06-11"
+    assert CallRecord(name="20240611000003-x.wav", timestart="2024-06-10 25:00:00").day == "2024-06-11"
+    # else the callid's UTC date (22:30 UTC on the 10th)
+    assert CallRecord(name="odd.wav", callid="1718058600.1").day == "2024-06-10"
+    assert CallRecord(name="odd.wav", callid="1718058600.1", timestart="2024-02-30 10:00:00",
+                      ).day == "2024-06-10"
+    # else nothing dates it
+    assert CallRecord(name="odd.wav").day == clock.UNKNOWN_DAY == "1970-01-01"
+    assert CallRecord(name="99991399000000-odd.wav").day == "1970-01-01"
+
+
+def test_clock_day_and_epoch_rules(host_tz):
+    assert clock.call_day("2024-06-11 00:30:00") == "2024-06-11"
+    assert clock.call_day("", "20240611003005-x.wav") == "2024-06-11"
+    # From the callid alone: in PBX time once the offset is known (00:30 in UTC+2).
+    assert clock.call_day("", "odd.wav", "1718058600.1") == "2024-06-10"
+    assert clock.call_day("", "odd.wav", "1718058600.1", 7200) == "2024-06-11"
+    assert clock.call_epoch("1718058600.1", "2024-06-11 00:30:00", None) == 1718058600
+    assert clock.call_epoch("", "2024-06-11 00:30:00", 7200) == 1718058600
+    assert clock.call_epoch("", "2024-06-11 00:30:00", -36000) == 1718058600 + 36000 + 7200
+    assert clock.call_epoch("", "2024-06-11 00:30:00", None) is None
+    assert clock.call_epoch("", "2024-06-31 00:30:00", 7200) is None  # no such day
+    assert clock.callid_epoch("1718001234.88") == 1718001234
+    assert clock.callid_epoch("17180012.88") is None
+    assert clock.callid_epoch(1718001234) is None  # JSON number: not what the PBX sends
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("2024-06-10 08:33:54", True),
+    ("2024-02-29 23:59:59", True),
+    ("2023-02-29 12:00:00", False),
+    ("2024-13-01 00:00:00", False),
+    ("2024-06-10 24:00:00", False),
+    ("2024-06-10 08:33:54 ", False),
+    ("2024-6-10 08:33:54", False),
+    ("1969-12-31 23:59:59", False),
+    ("", False),
+    (None, False),
+])
+def test_parse_stamp(text, ok):
+    parsed = clock.parse_stamp(text)
+    assert (parsed is not None) == ok
+    if ok:
+        assert clock.format_local(parsed) == text == clock.format_local(clock.parse_local(text))

@@ -1,6 +1,7 @@
-"""recfs's own connections to the PBX (protocol/tls.py) against the simulator over
-real HTTPS in-process: bodies arrive whole, TLS sessions are resumed, the pin is
-checked on every connection, and a silent PBX times out."""
+"""recfs's own connections to the PBX (pbx/tls.py) against the simulator over
+real HTTPS in-process: bodies arrive whole and streamed, TLS sessions are resumed,
+the pin is checked on every connection, a silent PBX times out, and errors come out
+as httpx's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from recfs.pbx.tls import pbx_transport, verification
+from recfs.pbx.tls import _READ_MAX, PbxTransport, pbx_transport, verification
 from recfs.sim.tls import client_context
 from tests.sim_helpers import download, get_random, http_client, login, make_call, start_sim
 
@@ -111,3 +112,79 @@ async def test_a_silent_server_times_out(nursery):
             with pytest.raises(httpx.ReadTimeout):
                 await pbx.get(f"http://127.0.0.1:{port}/")
     listener.close()
+
+
+async def test_the_transport_is_our_own_on_public_api_and_streams(sim, monkeypatch):
+    # pbx_transport builds recfs's own transport on a public httpcore pool: it must
+    # neither build httpx's transport (to replace its private pool) nor need it.
+    original = httpx.AsyncHTTPTransport
+
+    class Forbidden(original):
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("pbx_transport must not build httpx.AsyncHTTPTransport")
+
+    monkeypatch.setattr(httpx, "AsyncHTTPTransport", Forbidden)
+    transport, sessions = pbx_transport(client_context(sim.ca_file))
+    assert type(transport) is PbxTransport and not isinstance(transport, original)
+    assert transport.sessions is sessions
+
+    async with http_client(sim) as admin:
+        cdr = await make_call(admin, duration=300)  # 4.8 MB
+    expected = (sim.data_dir / "recordings" / cdr["recording"]).read_bytes()
+    chunks = []
+    async with httpx.AsyncClient(base_url=sim.base_url, transport=transport, timeout=10) as pbx:
+        token = await login(pbx)
+        random = await get_random(pbx, token, cdr["recording"])
+        async with pbx.stream("GET", "/api/v2.0.0/recording/download", params={
+                "recording": cdr["recording"], "random": random, "token": token}) as reply:
+            assert reply.status_code == 200
+            async for chunk in reply.aiter_raw():
+                assert not reply.is_closed  # handed on while the rest still arrives
+                chunks.append(chunk)
+    assert b"".join(chunks) == expected
+    # Streamed as it came off the socket, never gathered first.
+    assert len(chunks) > len(expected) // _READ_MAX
+    assert max(map(len, chunks)) <= _READ_MAX
+    assert sessions.handshakes == 3  # login, get_random, download: on recfs's backend
+
+
+async def _serve_once(nursery, answer: bytes) -> int:
+    """A plain-HTTP server that answers one request with *answer*, then closes."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    async def answer_once():
+        sock, _ = await listener.accept()
+        with sock, listener:
+            await sock.recv(65536)
+            await sock.send(answer)
+
+    nursery.start_soon(answer_once)
+    return listener.getsockname()[1]
+
+
+async def test_httpcore_errors_come_out_as_httpx_errors(nursery):
+    transport, _ = pbx_transport(ssl.create_default_context())
+    async with httpx.AsyncClient(transport=transport, timeout=5) as pbx:
+        port = await _serve_once(nursery, b"not HTTP at all\r\n\r\n")
+        with pytest.raises(httpx.RemoteProtocolError):
+            await pbx.get(f"http://127.0.0.1:{port}/")
+        # The body's own errors too, raised while it is streamed.
+        port = await _serve_once(
+            nursery, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        async with pbx.stream("GET", f"http://127.0.0.1:{port}/") as reply:
+            assert reply.status_code == 200
+            with pytest.raises(httpx.RemoteProtocolError):
+                async for _chunk in reply.aiter_raw():
+                    pass
+        with pytest.raises(httpx.ConnectError):
+            await pbx.get(f"http://127.0.0.1:{_closed_port()}/")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from recfs.catalog.database import Catalog
 from recfs.content.readahead import WALK_GAP, ReadAhead
 from recfs.pbx.reports import CallRecord
+from tests.catalog_util import write_calls
 
 
 def make(tmp_path, days: dict[str, int], per_open: int = 1):
@@ -13,9 +14,9 @@ def make(tmp_path, days: dict[str, int], per_open: int = 1):
     recs = {}
     for day, count in days.items():
         y, m, d = day.split("-")
-        recs[day] = [catalog.add(CallRecord(name=f"{y}{m}{d}0900{i:02d}-1.{i}-2001-1003-Internal.wav",
-                                            timestart=f"{day} 09:00:{i:02d}"))
-                     for i in range(count)]
+        recs[day] = write_calls(catalog, [
+            CallRecord(name=f"{y}{m}{d}0900{i:02d}-1.{i}-2001-1003-Internal.wav",
+                       timestart=f"{day} 09:00:{i:02d}") for i in range(count)])
     clock = [100.0]
     cached: set[int] = set()
     fetched: list[int] = []
