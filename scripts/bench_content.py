@@ -25,6 +25,15 @@ it prints figures, and a ratio against its baseline for each.
            per recording, peak RSS of recfs
   cap      cache_size=50M fed 500 MiB: the largest du seen, reads checked
   start    mount time with the cache from `bulk`, and after kill -9
+  statcost ls -l of N recordings whose sizes are unknown (prefetch=none, learned by
+           back-fill, a fresh mount each time): handshakes, bytes the PBX sent
+           against the recordings' total, time; vs a direct client learning the N
+           sizes (get_random + download up to its first body byte), run recfs,
+           direct, direct, recfs; then du of the same day (sizes in the catalog),
+           and ls -l once more from a PBX sending at 1 MB/s
+  slotwait a PBX sending each download at 1 MB/s: two `head -c 4096` of uncached
+           recordings, then a third reader's first 4 KiB and whole file; vs the
+           same reader on an idle PBX; peak transfers at the PBX
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import ssl
@@ -46,7 +56,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests" / "mount"), str(ROOT)]  # conftest, and the tests package it uses
+sys.path[:0] = [str(ROOT)]  # the tests package: tests/mount/harness.py
 
 SECOND = 16000  # bytes per second of 8 kHz 16-bit mono
 MiB = 1 << 20
@@ -220,6 +230,13 @@ def _calls(sim, count: int) -> list[dict]:
     return [sim.call(duration=rng.randint(13, 327)) for _ in range(count)]
 
 
+def _sent_since(sim, offset: int) -> int:
+    """Bytes of recordings the simulator sent since its log was *offset* bytes long."""
+    text = sim.log_path.read_bytes()[offset:].decode(errors="replace")
+    return (sum(int(n) for n in re.findall(r"→ audio (\d+) bytes", text))
+            + sum(int(n) for n in re.findall(r"client went away after (\d+) of", text)))
+
+
 def _wrong(sim, names: list[str], target: Path) -> list[str]:
     """The recordings missing from the copy in *target*, or not byte-identical."""
     copied = {p.name: p for p in target.rglob("*") if p.is_file()}
@@ -228,7 +245,7 @@ def _wrong(sim, names: list[str], target: Path) -> list[str]:
 
 class Bench:
     def __init__(self, work: Path, quick: bool):
-        from conftest import Sim
+        from tests.mount.harness import Sim
         self.work = work
         self.quick = quick
         self.sim = Sim(work / "sim")
@@ -236,7 +253,7 @@ class Bench:
         self.mounts = []
 
     def mount(self, name: str, *options: str, sim=None):
-        from conftest import Mount
+        from tests.mount.harness import Mount
         mount = Mount(sim or self.sim, self.work / name, "prefetch=none", *options)
         self.mounts.append(mount)
         return mount
@@ -392,7 +409,7 @@ class Bench:
         rate, count = 16 * MiB, (30 if self.quick else 100)
         print(f"cp -r of {count} uncached recordings, one file at a time, from a PBX sending "
               f"each download at {rate // MiB} MiB/s: readahead=1 vs readahead=0 (default)")
-        from conftest import Sim
+        from tests.mount.harness import Sim
         sim = Sim(self.work / "seqcopy-sim")
         mounts = {}
         try:
@@ -432,7 +449,7 @@ class Bench:
         in ABBA order both sides pay for it once."""
         # A PBX of its own, holding just these recordings: the tree rsync copies
         # and the names the curl loop fetches are the same set.
-        from conftest import Sim
+        from tests.mount.harness import Sim
         sim = Sim(self.work / f"{name}-sim")
         cdrs = _calls(sim, count)
         sizes = sim.recordings()
@@ -486,6 +503,132 @@ class Bench:
         line("curl loop time / recfs time, summed", "",
              f"ratio {sum(curl) / sum(rsync):.2f} (goal >= 1)")
         return sim, mount, names
+
+    def statcost(self) -> None:
+        count = 32 if self.quick else 64
+        print(f"ls -l of {count} recordings of unknown size (200 KiB-5 MiB, prefetch=none, "
+              "learned by back-fill), each time on a fresh mount; run recfs, direct, direct, "
+              "recfs; then once from a PBX sending at 1 MB/s")
+        from tests.mount.harness import Sim
+        sim = Sim(self.work / "statcost-sim")
+        try:
+            cdrs = _calls(sim, count)
+            sizes = {n: e["size"] for n, e in sim.recordings().items()}
+            total = sum(sizes.values())
+            took: list[float] = []
+            base: list[float] = []
+
+            def recfs_round(rate: int | None = None) -> None:
+                mount = self.mount(f"statcost-{len(took)}", sim=sim)
+                try:
+                    day = mount.file_of(self.listed(mount, cdrs)[0]).parent
+                    if rate:
+                        sim.faults(throttle=rate)
+                    sim.http.post("/sim/reset-stats").raise_for_status()
+                    offset = sim.log_path.stat().st_size
+                    out: list[str] = []
+                    t = timed(lambda: out.append(subprocess.run(
+                        ["ls", "-l", str(day)], capture_output=True, text=True, check=True).stdout))
+                    shown = {f[-1]: int(f[4]) for f in (l.split() for l in out[0].splitlines()[1:])}
+                    while sim.stats()["downloads_active"]:  # until lingering transfers end
+                        time.sleep(0.05)
+                    stats = sim.stats()
+                    sent = _sent_since(sim, offset)
+                    wrong = sum(shown.get(n) != sizes[n] for n in sizes)
+                    line(f"recfs: ls -l{', 1 MB/s PBX' if rate else ''}",
+                         f"{t * 1000:8.0f} ms, {wrong} wrong",
+                         f"PBX: {sum(stats['get_random'].values())} handshakes, "
+                         f"{stats['downloads_completed']} whole downloads")
+                    line("  bytes the PBX sent / the recordings' total",
+                         f"{sent / MiB:.1f} MiB / {total / MiB:.0f} MiB", f"{100 * sent / total:.2f} %")
+                    if rate:
+                        sim.clear_faults()
+                        return
+                    took.append(t)
+                    sim.http.post("/sim/reset-stats").raise_for_status()
+                    again = timed(lambda: subprocess.run(["du", "-sb", str(day)], check=True,
+                                                         stdout=subprocess.DEVNULL))
+                    line("  then du -sb of the day (sizes in the catalog)",
+                         f"{again * 1000:8.0f} ms",
+                         f"PBX: {sum(sim.stats()['get_random'].values())} handshakes")
+                finally:
+                    self.done(mount)
+
+            def direct_round() -> None:
+                direct = Direct(sim)
+                try:
+                    base.append(timed(lambda: [direct.download(n, first_byte_only=True)
+                                               for n in sizes]))
+                finally:
+                    direct.close()
+                line("direct: get_random + first body byte, each", f"{base[-1] * 1000:8.0f} ms")
+
+            for run in (recfs_round, direct_round, direct_round, recfs_round):
+                run()
+            line("direct time / recfs time, summed", "", f"ratio {sum(base) / sum(took):.2f} "
+                 "(a stat holds its slot open_grace = 20 ms for its open; handshakes here "
+                 "take 5)")
+            recfs_round(1_000_000)
+        finally:
+            sim.close()
+
+    def slotwait(self) -> None:
+        rate, reps = 1_000_000, (3 if self.quick else 5)
+        size = 4 * rate  # 4 s apiece at the PBX's pace
+        print(f"a PBX sending each download at {rate / 1e6:.0f} MB/s, max_downloads=2, "
+              f"{size / 1e6:.0f} MB recordings: two `head -c 4096`, then a third reader; "
+              "vs the same reader on an idle PBX")
+        from tests.mount.harness import Sim
+        sim = Sim(self.work / "slotwait-sim")
+        mount = None
+        try:
+            mount = self.mount("slotwait", "max_downloads=2", "readahead=0", sim=sim)
+            cdrs = [sim.call(duration=seconds_for(size)) for _ in range(reps * 4)]
+            paths = [mount.wait_file(c) for c in cdrs]
+            sim.faults(throttle=rate)
+            first: dict[str, list[float]] = {"busy": [], "idle": []}
+            whole: dict[str, list[float]] = {"busy": [], "idle": []}
+            peak, wrong = 0, 0
+
+            def reader(i: int, kind: str) -> None:
+                nonlocal wrong
+                began = time.perf_counter()
+                with open(paths[i], "rb", buffering=0) as f:
+                    data = f.read(4096)
+                    first[kind].append(time.perf_counter() - began)
+                    data += b"".join(iter(lambda: f.read(MiB), b""))
+                whole[kind].append(time.perf_counter() - began)
+                wrong += data != sim.recording_bytes(cdrs[i]["recording"])
+
+            def idle_pbx() -> None:
+                while sim.stats()["downloads_active"]:
+                    time.sleep(0.05)
+
+            for rep in range(reps):
+                a, b, c, d = range(4 * rep, 4 * rep + 4)
+                for kind in ("idle", "busy")[::1 if rep % 2 else -1]:
+                    idle_pbx()
+                    sim.http.post("/sim/reset-stats").raise_for_status()
+                    if kind == "busy":
+                        for i in (a, b):
+                            subprocess.run(["head", "-c", "4096", str(paths[i])], check=True,
+                                           stdout=subprocess.DEVNULL)
+                    reader(c if kind == "busy" else d, kind)
+                    peak = max(peak, sim.stats()["downloads_max_concurrent"])
+            idle_pbx()
+            fb, fi = statistics.median(first["busy"]), statistics.median(first["idle"])
+            wb, wi = statistics.median(whole["busy"]), statistics.median(whole["idle"])
+            line("third reader after two abandoned reads: first 4 KiB",
+                 f"{fb * 1000:8.0f} ms (median of {reps})")
+            line("same reader, idle PBX: first 4 KiB", f"{fi * 1000:8.0f} ms",
+                 f"recfs {1000 * (fb - fi):+.0f} ms (goal: well below {size / rate:.0f} s)")
+            line("third reader, whole file", f"{wb:8.2f} s")
+            line("same reader, idle PBX, whole file", f"{wi:8.2f} s", f"ratio {wi / wb:.2f}")
+            line("peak transfers at the PBX", f"{peak} (max_downloads=2)", f"{wrong} files wrong")
+        finally:
+            if mount is not None:
+                self.done(mount)
+            sim.close()
 
     def many(self) -> None:
         print("concurrent readers: 50 readers of 50 recordings, 20 readers of one")
@@ -580,7 +723,8 @@ class Bench:
         line("for comparison: mount with an empty cache", f"{timed(empty.start) * 1000:8.0f} ms")
 
 
-ALL = ["cached", "stream", "ttfb", "bulk", "slowpbx", "seqcopy", "start", "many", "cap"]
+ALL = ["cached", "stream", "ttfb", "bulk", "slowpbx", "seqcopy", "start", "many", "cap",
+       "statcost", "slotwait"]
 
 
 def main() -> int:

@@ -60,6 +60,14 @@ class Summary(NamedTuple):
     last_call: int  # start of the latest call in it (UTC epoch): the directory's mtime
 
 
+class Archive:
+    """A recording's states in the archive (the `archive` column)."""
+
+    PENDING = "pending"
+    ARCHIVED = "archived"
+    CONFLICT = "conflict"
+
+
 @dataclass(frozen=True)
 class Recording:
     ino: int
@@ -68,6 +76,9 @@ class Recording:
     size: int | None
     added: float
     call: CallRecord
+    sha256: str | None = None  # of the verified bytes, once downloaded
+    archive: str | None = None  # an Archive state, or None: not in the archive
+    lost: bool = False  # the PBX answered that it no longer has the file
 
     @property
     def name(self) -> str:
@@ -139,6 +150,31 @@ def write_meta(db: sqlite3.Connection, key: str, value: str) -> None:
     db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
 
+def write_content(db: sqlite3.Connection, ino: int, size: int, sha256: str,
+                  archive: bool) -> None:
+    """A download was verified: its size and SHA-256; with an archive, the recording
+    is now to be uploaded (unless it is there already)."""
+    db.execute("UPDATE recordings SET size = ?, sha256 = ?, lost = 0, archive = CASE "
+               "WHEN ? AND archive IS NULL THEN 'pending' ELSE archive END WHERE ino = ?",
+               (size, sha256, archive, ino))
+
+
+def write_archived(db: sqlite3.Connection, ino: int, state: str,
+                   error: str | None = None) -> None:
+    """Archived (or, with *error*, a conflict: the store holds other bytes)."""
+    db.execute("UPDATE recordings SET archive = ?, archive_error = ?, archive_tries = 0, "
+               "archive_next = NULL WHERE ino = ?", (state, error, ino))
+
+
+def write_archive_retry(db: sqlite3.Connection, ino: int, error: str, next_try: float) -> None:
+    db.execute("UPDATE recordings SET archive_tries = archive_tries + 1, archive_error = ?, "
+               "archive_next = ? WHERE ino = ?", (error, next_try, ino))
+
+
+def write_lost(db: sqlite3.Connection, ino: int) -> None:
+    db.execute("UPDATE recordings SET lost = 1 WHERE ino = ?", (ino,))
+
+
 class Catalog:
     def __init__(self, path: Path | str, namespace: str = ""):
         self.path = Path(path)
@@ -180,7 +216,8 @@ class Catalog:
         call = CallRecord(**{c: row[c] for c in CALL_COLUMNS})
         epoch = row["epoch"]
         return Recording(row["ino"], row["day"], float(epoch if epoch is not None else row["added"]),
-                         row["size"], row["added"], call)
+                         row["size"], row["added"], call, row["sha256"], row["archive"],
+                         bool(row["lost"]))
 
     def by_ino(self, ino: int) -> Recording | None:
         row = self._db.execute("SELECT * FROM recordings WHERE ino = ?", (ino,)).fetchone()
@@ -248,6 +285,49 @@ class Catalog:
         return [Summary(*row) for row in self._db.execute(
             "SELECT day, count, newest, last_call FROM days WHERE newest > ? ORDER BY day",
             (since,))]
+
+    def archive_queue(self, now: float, limit: int = 64) -> list[Recording]:
+        """Recordings to upload whose next try is due, the longest waiting first."""
+        rows = self._db.execute(
+            "SELECT * FROM recordings WHERE archive = 'pending' AND "
+            "(archive_next IS NULL OR archive_next <= ?) ORDER BY archive_next LIMIT ?",
+            (now, limit)).fetchall()
+        return [self._recording(r) for r in rows]
+
+    def archive_tries(self, ino: int) -> int:
+        """Failed uploads of *ino* in a row."""
+        row = self._db.execute("SELECT archive_tries FROM recordings WHERE ino = ?",
+                               (ino,)).fetchone()
+        return row[0] if row else 0
+
+    def archive_backlog(self) -> dict[str, object]:
+        """What status and metrics show of the archive: counts from partial indexes,
+        never a scan of the recordings."""
+        pending, failing = self._db.execute(
+            "SELECT COUNT(*), COUNT(archive_error) FROM recordings WHERE archive = 'pending'"
+        ).fetchone()
+        conflicts = self._db.execute(
+            "SELECT COUNT(*) FROM recordings WHERE archive = 'conflict'").fetchone()[0]
+        lost = self._db.execute("SELECT COUNT(*) FROM recordings WHERE lost = 1").fetchone()[0]
+        last = self._db.execute(
+            "SELECT archive_error FROM recordings WHERE archive = 'pending' AND "
+            "archive_error IS NOT NULL ORDER BY archive_next DESC LIMIT 1").fetchone()
+        return {"pending": pending, "retrying": failing, "conflicts": conflicts, "lost": lost,
+                "last_error": last[0] if last else None}
+
+    def not_archived(self, after_ino: int = 0, limit: int = 256) -> list[Recording]:
+        """Every recording not in the archive, in inode order (`recfs archive`)."""
+        rows = self._db.execute(
+            "SELECT * FROM recordings WHERE ino > ? AND (archive IS NULL OR archive != 'archived') "
+            "ORDER BY ino LIMIT ?", (after_ino, limit)).fetchall()
+        return [self._recording(r) for r in rows]
+
+    def archived(self, after_ino: int = 0, limit: int = 256) -> list[Recording]:
+        """Every archived recording, in inode order (`recfs archive --verify`)."""
+        rows = self._db.execute(
+            "SELECT * FROM recordings WHERE ino > ? AND archive = 'archived' "
+            "ORDER BY ino LIMIT ?", (after_ino, limit)).fetchall()
+        return [self._recording(r) for r in rows]
 
     def known_bytes(self) -> int:
         """The sum of every size known (statfs)."""

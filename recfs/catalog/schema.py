@@ -11,7 +11,8 @@ start of the latest call (a directory's mtime: the same on every mount).
 
 Versions:
 1. recordings, days, meta; the views' tables (numbers, participants, type_days).
-2. last_call in every summary, bytes (known sizes) per day.
+2. last_call in every summary, bytes (known sizes) per day; a recording's SHA-256,
+   its state in the archive, and whether the PBX lost it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,25 @@ class SchemaError(Exception):
 
 CALL_COLUMNS = [f.name for f in fields(CallRecord)]
 
+# What the archive needs of a recording (version 2). `archive`: NULL, not in the
+# archive (yet); 'pending', to be uploaded (its bytes are in the cache, which keeps
+# them until then); 'archived'; 'conflict', the store holds other bytes under its key.
+ARCHIVE_COLUMNS = [
+    "sha256 TEXT",                                # of the verified bytes
+    "archive TEXT",
+    "archive_tries INTEGER NOT NULL DEFAULT 0",   # failed uploads in a row
+    "archive_next REAL",                          # no upload before this time
+    "archive_error TEXT",                         # why the last upload failed
+    "lost INTEGER NOT NULL DEFAULT 0",            # the PBX no longer has it
+]
+_ARCHIVE_INDEXES = """
+CREATE INDEX IF NOT EXISTS recordings_archive_queue ON recordings(archive_next)
+    WHERE archive = 'pending';
+CREATE INDEX IF NOT EXISTS recordings_archive_conflicts ON recordings(ino)
+    WHERE archive = 'conflict';
+CREATE INDEX IF NOT EXISTS recordings_lost ON recordings(ino) WHERE lost = 1;
+"""
+
 # A recording's mtime: the call's start, or when it was added if nothing dates it.
 _MTIME = "COALESCE(epoch, CAST(added AS INTEGER))"
 
@@ -42,7 +62,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     epoch INTEGER,                -- UTC start of the call: mtime
     {", ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in CALL_COLUMNS if c != "name")},
     size INTEGER,                 -- exact byte size once known, else NULL
-    added REAL NOT NULL
+    added REAL NOT NULL,
+    {", ".join(ARCHIVE_COLUMNS)}
 );
 CREATE INDEX IF NOT EXISTS recordings_by_day ON recordings(day, ino);
 CREATE INDEX IF NOT EXISTS recordings_by_type_day ON recordings(type, day, ino);
@@ -159,7 +180,12 @@ def _version_1_to_2(db: sqlite3.Connection) -> None:
         for column in columns:
             if column.split()[0] not in present:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    present = _columns(db, "recordings")
+    for column in ARCHIVE_COLUMNS:
+        if column.split()[0] not in present:
+            db.execute(f"ALTER TABLE recordings ADD COLUMN {column}")
     _run(db, _TABLES)
+    _run(db, _ARCHIVE_INDEXES)
     for trigger in ("recordings_count_day", "recordings_views"):
         db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     _run(db, _TRIGGERS)
@@ -196,6 +222,7 @@ def bring_up_to_date(db: sqlite3.Connection, path: str) -> None:
         if version == 0:
             _run(db, _TABLES)
             _run(db, _TRIGGERS)
+            _run(db, _ARCHIVE_INDEXES)
         else:
             for migrate in MIGRATIONS[version - 1:]:
                 migrate(db)

@@ -33,7 +33,9 @@ from typing import Any
 
 import trio
 
-from recfs.catalog.database import Catalog, Recording, insert_calls, write_meta, write_size
+from recfs.catalog.database import (Catalog, Recording, insert_calls, write_archive_retry,
+                                    write_archived, write_content, write_lost, write_meta,
+                                    write_size)
 from recfs.catalog.watch import CatalogWatch
 from recfs.pbx.reports import CallRecord
 
@@ -90,6 +92,20 @@ class CatalogWriter:
 
     async def set_meta(self, key: str, value: str) -> None:
         await self._submit(lambda db: write_meta(db, key, value))
+
+    async def set_content(self, ino: int, size: int, sha256: str, archive: bool) -> None:
+        """A verified download: its size and SHA-256 (and, with an archive, an upload
+        to come)."""
+        await self._submit(lambda db: write_content(db, ino, size, sha256, archive))
+
+    async def set_archived(self, ino: int, state: str, error: str | None = None) -> None:
+        await self._submit(lambda db: write_archived(db, ino, state, error))
+
+    async def retry_archive(self, ino: int, error: str, next_try: float) -> None:
+        await self._submit(lambda db: write_archive_retry(db, ino, error, next_try))
+
+    async def set_lost(self, ino: int) -> None:
+        await self._submit(lambda db: write_lost(db, ino))
 
     async def _submit(self, operation: Operation) -> Any:
         if not self._running:

@@ -114,7 +114,9 @@ def cmd_backfill(argv: list[str]) -> int:
     return backfill_main(argv)
 
 
-COMMANDS = {"mount": cmd_mount, "status": cmd_status, "demo": cmd_demo, "sim": cmd_sim, "backfill": cmd_backfill}
+COMMANDS = {"mount": cmd_mount, "status": cmd_status, "demo": cmd_demo, "sim": cmd_sim, "backfill": cmd_backfill,
+            # imported when run: `recfs status` must start fast (see the top)
+            "archive": lambda argv: __import__("recfs.cli.archive", fromlist=["main"]).main(argv)}
 
 USAGE = """usage: recfs COMMAND ...
 
@@ -122,6 +124,8 @@ commands:
   mount SOURCE MOUNTPOINT [-f] [-o OPT,...]   mount a PBX's recordings
   backfill SOURCE --since DATE [--until DATE] -o OPT,...
                                               import the PBX's call history (CDR)
+  archive SOURCE [--verify] -o archive=URL,...
+                                              put every recording into the archive (or check it)
   status MOUNTPOINT [--json]                  what a running mount is doing
   demo [MOUNTPOINT]                           built-in PBX simulator + mount, to try recfs
   sim [...]                                   the PBX simulator alone

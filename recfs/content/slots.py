@@ -6,10 +6,12 @@ just opened a file; here, a waiting transfer that someone is reading jumps the
 queue, even if it started life as a prefetch.
 
 A holder may say it is *idle* (store.py: its readers have gone, it only lingers in
-case one comes back): whenever someone waits for a slot and no slot is on its way,
-an idle holder is asked to give its slot up (*preempt*); the slot passes to the
-waiter when that holder has let go of the PBX (its connection closed), so the count
-holds at the PBX too.
+case one comes back): whenever an urgent transfer waits for a slot and no slot is on
+its way to it, an idle holder is asked to give its slot up (*preempt*); the slot
+passes to the waiter when that holder has let go of the PBX (its connection closed),
+so the count holds at the PBX too. Background waiters do not preempt: the holder's
+lingering is short, and it is what keeps the open that follows a lookup from losing
+its place to a prefetch.
 """
 
 from __future__ import annotations
@@ -89,10 +91,12 @@ class Slots:
             self._release()
 
     def reclaim(self) -> None:
-        """Ask idle holders for their slots: one for each waiter that no slot is on
-        its way to yet. Called when someone starts waiting, and by a holder that has
-        just become idle."""
-        short = len(self._waiters) - self._yielding
+        """Ask idle holders for their slots: one for each urgent waiter that no slot
+        is on its way to yet. Called when someone starts waiting, by a holder that
+        has just become idle, and for a waiter that has just become urgent."""
+        if not self._waiters:
+            return
+        short = sum(1 for w in self._waiters if w.urgent()) - self._yielding
         for holder in list(self._holders):
             if short <= 0:
                 return

@@ -6,8 +6,9 @@ runs on the one trio thread, so the state changes between two awaits are atomic.
 
 A transfer knows *why* it runs (`Interest`): open files that read it, `stat` calls
 that wait only for its size, and background fetches (prefetch, read-ahead) that want
-it in the cache. Once the last of them has gone it is *abandoned*: the content store
-then stops it (store.py), since no one would ever read the rest.
+it in the cache. Once none of them needs anything more from it (the last reader has
+closed its file, the stat has its size) it is *abandoned*: the content store then
+stops it (store.py), since no one would ever read the rest.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ class Transfer:
         self.readers = 0  # open files: make the transfer urgent
         self.sizers = 0  # stat calls waiting for the size: urgent too, until it is known
         self.fetchers = 0  # background fetches waiting for the whole file
-        # Set when the last interest left (and cleared when one comes back): a
-        # transfer nobody ever joined (started directly) is never abandoned.
-        self.abandoned = False
+        self.joined = False  # a transfer nobody ever joined (started directly) is never abandoned
+        self.was_read = False  # an open file has joined it
+        self.idle_since: float | None = None  # trio time it was last abandoned
         self.stopped = False  # stopped by the store: it no longer owns its partial file
         self.holding_slot = False  # between the slot's grant and its release
         # The catalog learns a size as soon as the transfer does: `unrecorded` until
@@ -70,6 +71,11 @@ class Transfer:
         return self.readers > 0 or self.fetchers > 0 or (self.sizers > 0 and self.size is None)
 
     @property
+    def abandoned(self) -> bool:
+        """Everyone it was for has what they wanted, or has gone."""
+        return self.joined and not self.wanted and not self.done.is_set()
+
+    @property
     def all_there(self) -> bool:
         """Every byte is on disk: what is left is checking and committing the file."""
         return self.size is not None and self.have >= self.size
@@ -78,19 +84,21 @@ class Transfer:
 
     def join(self, interest: Interest) -> None:
         setattr(self, interest.value, getattr(self, interest.value) + 1)
-        self.abandoned = False
+        self.joined = True
+        self.was_read |= interest is Interest.READ
+        self.idle_since = None
         self._interest.set()
         self._interest = trio.Event()
 
     def leave(self, interest: Interest) -> bool:
         """One interest went; True if that abandoned the transfer."""
         setattr(self, interest.value, getattr(self, interest.value) - 1)
-        if not self.wanted and not self.done.is_set():
-            self.abandoned = True
+        if self.abandoned and self.idle_since is None:
+            self.idle_since = trio.current_time()
         return self.abandoned
 
     async def wait_interest(self) -> None:
-        """Return once someone joins."""
+        """Return once someone joins (a stat waiting for the size has it already)."""
         await self._interest.wait()
 
     def _notify(self) -> None:

@@ -8,6 +8,7 @@ the ones mount(8), fstab and systemd add, which are accepted and dropped.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +27,13 @@ _IGNORED = {"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "d
 _IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")
 
 _FLAGS = {"insecure", "allow_other", "allow_root", "foreground", "direct_io", "nonempty"}
-_INTS = {"max_downloads", "readahead", "uid", "gid", "heartbeat"}
+_INTS = {"max_downloads", "max_uploads", "readahead", "uid", "gid", "heartbeat"}
 _FLOATS = {"io_timeout", "backfill_interval"}
 _STRINGS = {"user", "password_file", "api_version", "cafile", "fingerprint", "listen",
             "report_url", "report_from", "metrics", "views",
             "state_dir", "cache_dir", "prefetch", "umask", "log_level", "log_file", "config",
-            "cache_size", "cache_min_free"}
+            "cache_size", "cache_min_free", "archive", "archive_endpoint", "archive_region",
+            "archive_credentials", "archive_profile"}
 
 
 class OptionError(ValueError):
@@ -77,6 +79,13 @@ class MountOptions:
     log_file: str | None = None
     foreground: bool = False
     password: str | None = field(default=None, repr=False)  # only from RECFS_PASSWORD
+    # The archive (recfs/archive/): s3://BUCKET[/PREFIX] or file:///PATH; None: none.
+    archive: str | None = None
+    archive_endpoint: str | None = None  # an S3-compatible store's URL; None: AWS
+    archive_region: str = "us-east-1"
+    archive_credentials: str | None = None  # AWS shared-credentials file; None: AWS_* env
+    archive_profile: str = "default"
+    max_uploads: int = 2
     # Several PBXs in one mount ([pbx.NAME] tables in the config): NAME → its options.
     pbxs: dict[str, "MountOptions"] | None = None
 
@@ -135,7 +144,7 @@ _LIST_VALUED = {"report_from"}
 def split_options(*texts: str) -> dict[str, str | bool]:
     """`-o a=1,b,c=2` (given once or several times) as a dict; a bare word is True."""
     result: dict[str, str | bool] = {}
-    previous = None
+    previous = ""
     items = (part.strip() for text in texts for part in text.split(","))
     for item in filter(None, items):
         key, sep, value = item.partition("=")
@@ -162,6 +171,13 @@ def _parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _scalar(value: object) -> str | int | float:
+    """A number's raw form from the command line (str) or a TOML file (int, float)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return value
+    raise TypeError(f"not a number: {value!r}")
+
+
 def _coerce(key: str, value: object) -> object:
     if key in _FLAGS:
         if isinstance(value, bool):
@@ -175,19 +191,19 @@ def _coerce(key: str, value: object) -> object:
         raise OptionError(f"option {key} needs a value ({key}=...)")
     if key in _INTS:
         try:
-            return int(value)  # type: ignore[arg-type]
+            return int(_scalar(value))
         except (TypeError, ValueError):
             raise OptionError(f"{key} must be a whole number, not {value!r}") from None
     if key in _FLOATS:
         try:
-            return float(value)  # type: ignore[arg-type]
+            return float(_scalar(value))
         except (TypeError, ValueError):
             raise OptionError(f"{key} must be a number, not {value!r}") from None
     return str(value)
 
 
 def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
-                  environ: dict[str, str] | None = None) -> MountOptions:
+                  environ: Mapping[str, str] | None = None) -> MountOptions:
     """Options from the command line (*raw*) and the config file it names.
 
     A config file with `[pbx.NAME]` tables describes several PBXs in one mount: each
@@ -297,11 +313,13 @@ def _checked(key: str, value: object) -> object:
         except ValueError:
             raise OptionError(f"{key} must be a size such as 20G, 500M or 10%, "
                               f"not {value!r}") from None
-    if key == "backfill_interval" and float(value) < 1:  # type: ignore[arg-type]
+    if key == "backfill_interval" and float(_scalar(value)) < 1:
         raise OptionError("backfill_interval must be at least 1 second")
-    if key == "max_downloads" and int(value) < 1:  # type: ignore[arg-type]
-        raise OptionError("max_downloads must be at least 1")
-    if key == "readahead" and not 0 <= int(value) <= 16:  # type: ignore[arg-type]
+    if key in ("max_downloads", "max_uploads") and int(_scalar(value)) < 1:
+        raise OptionError(f"{key} must be at least 1")
+    if key == "archive" and not str(value).startswith(("s3://", "file:///")):
+        raise OptionError(f"archive must be s3://BUCKET[/PREFIX] or file:///PATH, not {value!r}")
+    if key == "readahead" and not 0 <= int(_scalar(value)) <= 16:
         raise OptionError("readahead must be from 0 to 16")
     return value
 

@@ -50,7 +50,7 @@ from recfs.pbx.client import LoginGuard, PbxClient
 from recfs.pbx.errors import BAD_CREDENTIALS, ERRNO_TEXT, LOCKED_OUT, PbxError
 from recfs.pbx.tls import PinMismatch
 from recfs.service.config import MountOptions
-from recfs.service.mountpoint import MountError
+from recfs.service.mountpoint import ConfigurationError, MountError
 
 log = logging.getLogger("recfs.service.first_contact")
 
@@ -88,23 +88,37 @@ class Verdict:
 class _Contactable(Protocol):
     async def first_contact(self) -> None: ...
 
+    async def log_out(self) -> None: ...
+
 
 async def contact_all(services: Iterable[_Contactable]) -> None:
     """Every PBX's first contact at once; one MountError naming every PBX whose
-    configuration is wrong (one line each), after all of them have answered."""
+    configuration is wrong (one line each), after all of them have answered. The
+    others are then logged out again: no PBX keeps pushing reports to a mount that
+    never came up."""
     problems: list[str] = []
+    configuration = True  # every problem is one of configuration
+    fine: list[_Contactable] = []
 
     async def one(service: _Contactable) -> None:
+        nonlocal configuration
         try:
             await service.first_contact()
         except MountError as exc:
             problems.append(str(exc))
+            configuration &= isinstance(exc, ConfigurationError)
+        else:
+            fine.append(service)
 
     async with trio.open_nursery() as nursery:
         for service in services:
             nursery.start_soon(one, service)
     if problems:
-        raise MountError("\n".join(problems))
+        with trio.move_on_after(5):
+            async with trio.open_nursery() as nursery:
+                for service in fine:
+                    nursery.start_soon(service.log_out)
+        raise (ConfigurationError if configuration else MountError)("\n".join(problems))
 
 
 async def first_contact(client: PbxClient, opts: MountOptions, name: str,
@@ -120,7 +134,7 @@ async def first_contact(client: PbxClient, opts: MountOptions, name: str,
     if refused is not None and refused[0] >= LoginGuard.MAX_BAD_CREDENTIALS:
         count, when = refused
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
-        raise MountError(
+        raise ConfigurationError(
             f"{prefix}{opts.source}: the PBX refused user={opts.user} with this password "
             f"{count} times (errno {BAD_CREDENTIALS}, last at {last}); recfs does not try it "
             f"again, so as never to trip the PBX's lock-out: correct {_password_option(opts)} "
@@ -156,7 +170,7 @@ async def first_contact(client: PbxClient, opts: MountOptions, name: str,
     if verdict.configuration:
         if verdict.credentials:
             memory.note(opts.user, password)
-        raise MountError(prefix + message)
+        raise ConfigurationError(prefix + message)
     cached, listed = holdings()
     log.warning("%s%s; serving %d cached recording%s (%d in the catalog); retrying", prefix,
                 message, cached, "" if cached == 1 else "s", listed)

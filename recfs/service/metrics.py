@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from recfs.http.server import serve_asgi
 from recfs.service.status import StatusSources
+from recfs.service.supervise import Supervisor
 
 log = logging.getLogger("recfs.service.metrics")
 
@@ -40,7 +41,8 @@ class Observers:
 class Metrics:
     """One per mount: its own registry, so two mounts in one process never mix."""
 
-    def __init__(self) -> None:
+    def __init__(self, mount_tasks: Supervisor) -> None:
+        """*mount_tasks*: the mount's own background tasks (its HTTP servers)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.read_seconds = Histogram(
             "recfs_read_seconds", "Time to answer one read() from the kernel",
@@ -49,7 +51,7 @@ class Metrics:
             "recfs_download_seconds", "Duration of completed downloads (handshake to verified file)",
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.observers = Observers(self.read_seconds.observe, self.download_seconds.observe)
-        self._collector = _StateCollector()
+        self._collector = _StateCollector(mount_tasks)
         self.registry.register(self._collector)
 
     def watch(self, sources: StatusSources, pbx: str = "") -> None:
@@ -59,7 +61,8 @@ class Metrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self) -> None:
+    def __init__(self, mount_tasks: Supervisor) -> None:
+        self.mount_tasks = mount_tasks
         self.sources: list[tuple[str, StatusSources]] = []
 
     def collect(self) -> Iterator[Metric]:
@@ -125,6 +128,9 @@ class _StateCollector(Collector):
             for task, health in s.tasks.health.items():
                 add(counter, "recfs_task_failures", "Failures of background tasks (each one "
                     "restarted)", health.failures, pbx, task=task)
+        for task, health in self.mount_tasks.health.items():
+            add(counter, "recfs_task_failures", "Failures of background tasks (each one "
+                "restarted)", health.failures, "", task=task)
         yield from families.values()
 
 

@@ -1,15 +1,15 @@
 """One mount: everything it runs lives in one trio nursery.
 
     serve_mount
-      ├─ per PBX (recfs/pbx_service.py; one, or one per [pbx.NAME] table):
-      │    ├─ writer.run      group commit of reports (recfs/commit.py)
-      │    ├─ content.run     downloads and prefetch workers
-      │    ├─ keep_session    login, heartbeat, re-login
-      │    └─ backfill.run    CDR back-fill: the gap at mount/login, periodic re-check
-      ├─ serve_reports        the report receiver, one port for every PBX
-      ├─ serve_metrics        Prometheus, with -o metrics=
-      ├─ _stop_on_signal      SIGINT/SIGTERM → unmount
-      └─ pyfuse3.main         the kernel's requests
+      ├─ per PBX (recfs/service/pbx_service.py; one, or one per [pbx.NAME] table):
+      │    ├─ writer.run        the catalog's one writer (recfs/catalog/writer.py)
+      │    ├─ content.run       downloads and prefetch workers
+      │    └─ supervised (recfs/service/supervise.py): the session keeper, back-fill,
+      │       the tree following the catalog, the report sources, the cache's
+      │       upkeep, prefetch=all
+      ├─ supervised: the report receiver (one port for every PBX), the metrics endpoint
+      ├─ _stop_on_signal        SIGINT/SIGTERM → unmount
+      └─ pyfuse3.main           the kernel's requests
 
 pyfuse3.main returns when the filesystem is unmounted (fusermount3 -u, or a
 signal); then the nursery is cancelled, and the session logged out.
@@ -21,24 +21,27 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pyfuse3
 import trio
 
+from recfs.http.asgi import bind_socket
+from recfs.http.server import BACKLOG
+from recfs.ingest.receiver import ReportRouter, serve_reports
 from recfs.logs import redact
 from recfs.service import systemd
-from recfs.http.asgi import bind_socket
 from recfs.service.config import MountOptions, OptionError
 from recfs.service.first_contact import contact_all
-from recfs.service.mountpoint import MountError, prepare_mountpoint
-from recfs.vfs.fuse_ops import Filesystem, RecfsOperations
 from recfs.service.metrics import Metrics, serve_metrics
+from recfs.service.mountpoint import EX_CONFIG, MountError, prepare_mountpoint
 from recfs.service.pbx_service import PbxService
-from recfs.ingest.receiver import ReportRouter, serve_reports
+from recfs.service.supervise import Supervisor
 from recfs.vfs.core import Owner
+from recfs.vfs.fuse_ops import Filesystem, RecfsOperations
 from recfs.vfs.multi import MultiFs
 
 log = logging.getLogger("recfs.service.mount")
@@ -81,11 +84,13 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
     metrics_sock = _bind("for metrics", *opts.metrics) if opts.metrics else None
     services: list[PbxService] = []
     stop_servers = trio.Event()
+    mount_tasks = Supervisor()
     # Kept whether or not they are served: the histograms are fed as things happen.
-    metrics = Metrics()
+    metrics = Metrics(mount_tasks)
     try:
         for name, pbx_opts in (opts.pbxs or {"": opts}).items():
-            services.append(PbxService(pbx_opts, name, port, owner, metrics.observers))
+            services.append(PbxService(pbx_opts, name, port, owner, metrics.observers,
+                                       mount_tasks))
         fs: Filesystem
         if opts.pbxs:
             fs = MultiFs({svc.name: svc.fs for svc in services}, owner,
@@ -99,10 +104,14 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
             for svc in services:
                 await svc.start(nursery)
             router = ReportRouter({svc.secret: svc.report_app() for svc in services})
-            await nursery.start(serve_reports, router, sock, stop_servers)
+            # Supervised like every background task; the socket listens already, so
+            # the PBX's first reports wait in its backlog, never refused.
+            mount_tasks.start(nursery, "report receiver", _serving(
+                "for PBX reports", sock, lambda s: serve_reports(router, s, stop_servers)))
             await contact_all(services)  # wrong configuration: MountError; PBX down: mount
             if metrics_sock is not None:
-                await nursery.start(serve_metrics, metrics, metrics_sock, stop_servers)
+                mount_tasks.start(nursery, "metrics endpoint", _serving(
+                    "for metrics", metrics_sock, lambda s: serve_metrics(metrics, s, stop_servers)))
             try:
                 pyfuse3.init(RecfsOperations(fs, direct_io=opts.direct_io), opts.mountpoint,
                              options)
@@ -133,11 +142,26 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
     log.info("unmounted %s", opts.mountpoint)
 
 
-def _bind(purpose: str, host: str, port: int):
+def _bind(purpose: str, host: str, port: int) -> socket.socket:
     try:
-        return bind_socket(host, port)
+        sock = bind_socket(host, port)
+        sock.listen(BACKLOG)
     except OSError as exc:
         raise MountError(f"cannot listen {purpose} on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def _serving(purpose: str, first: socket.socket,
+             serve: Callable[[socket.socket], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A server task for the supervisor: the first run serves on *first* (bound when
+    the mount started, so that a taken port fails the mount); a restart after a
+    failure binds the same address again."""
+    host, port = first.getsockname()[:2]
+    unused = [first]
+
+    async def task() -> None:
+        await serve(unused.pop() if unused else _bind(purpose, host, port))
+    return task
 
 
 async def _stop_on_signal() -> None:
@@ -172,7 +196,7 @@ def run(opts: MountOptions, on_ready: Callable[[], None] | None = None,
         systemd.notify("STATUS=" + message.replace("\n", "; "))
         if on_failure is not None:
             on_failure(message)
-        return 1
+        return expected.exit_status if isinstance(expected, MountError) else EX_CONFIG
     return 0
 
 
@@ -209,7 +233,11 @@ def run_in_background(opts: MountOptions, start_logging: Callable[[], None]) -> 
         os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
             report = pipe.read().decode("utf-8", "replace")
-        return _print_report(report)
+        if _print_report(report) == 0:
+            return 0
+        # The child ends right after its error: its status is the command's.
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        return code if code > 0 else 1
     os.close(read_end)
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)

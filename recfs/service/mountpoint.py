@@ -44,7 +44,20 @@ MNT_DETACH = 2
 
 class MountError(Exception):
     """The mount cannot go ahead; the message says why and what to do (the command
-    ends with exit status 1 and nothing mounted)."""
+    ends with `exit_status` and nothing mounted)."""
+
+    exit_status = 1
+
+
+# sysexits.h: a configuration error. The systemd unit does not restart on it
+# (RestartPreventExitStatus=78): starting again cannot help until someone fixes it.
+EX_CONFIG = 78
+
+
+class ConfigurationError(MountError):
+    """The PBX refused the configuration (credentials, certificate, not a PBX API)."""
+
+    exit_status = EX_CONFIG
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ log = logging.getLogger("recfs.service.mount")
 
 class PbxService:
     def __init__(self, opts: MountOptions, name: str, report_port: int, owner: Owner,
-                 observe: Observers):
+                 observe: Observers, mount_tasks: Supervisor):
         """Open the PBX's files and build its parts; nothing runs yet. *name* is its
         directory in a mount of several PBXs, "" when it is the only one."""
         self.opts = opts
@@ -57,7 +57,7 @@ class PbxService:
                              on_new=self.content.prefetch if prefetch_new else _ignore)
         self.tasks = Supervisor(name)
         self.status = StatusSources(opts.source, opts.mountpoint, self.client, self.ingest,
-                                    self.content, self.catalog, self.writer, self.tasks,
+                                    self.content, self.catalog, self.writer, self.tasks, mount_tasks,
                                     recent_problems, time.time())
         self.fs = RecordingsFs(self.catalog, self.content, owner, views=opts.views == "all",
                                top=name, status=self.status.snapshot,

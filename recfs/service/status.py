@@ -29,7 +29,8 @@ class StatusSources:
     content: ContentStore
     catalog: Catalog
     writer: CatalogWriter
-    tasks: Supervisor
+    tasks: Supervisor  # the PBX's own background tasks
+    mount_tasks: Supervisor  # the mount's: the report receiver, the metrics endpoint
     problems: RecentProblems
     started: float
 
@@ -72,7 +73,7 @@ class StatusSources:
                 "completed": content.stats.downloads_completed,
                 "failed": content.stats.downloads_failed,
             },
-            "task_failures": self.tasks.snapshot(),
+            "task_failures": {**self.mount_tasks.snapshot(), **self.tasks.snapshot()},
             "errors_last_hour": len(problems),
             "recent_errors": [message for _when, message in problems[-5:]],
         }

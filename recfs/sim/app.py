@@ -14,15 +14,16 @@ import io
 import ipaddress
 import json
 import logging
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import trio
 
 from recfs.http.asgi import Receive, Send, not_http
 from recfs.logs import redact
-from recfs.pbx.errors import NO_SUCH_FILE, failure_body
+from recfs.pbx.errors import failure_body
 from recfs.pbx.names import BadName, check_recording_name
 from recfs.sim.calls import STATUSES, TYPES
 from recfs.sim.faults import DownloadFaults, FaultError
@@ -52,6 +53,12 @@ def _reason(status: int) -> str:
         return http.HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+
+
+class _AudioSource(Protocol):
+    """An open recording (trio's async file)."""
+
+    async def read(self, size: int = -1, /) -> bytes: ...
 
 
 class SimulatedReset(Exception):
@@ -150,6 +157,7 @@ class SimApp:
             ("POST", "/sim/faults/clear"): self.admin_clear_faults,
             ("POST", "/sim/expire-tokens"): self.admin_expire_tokens,
             ("GET", "/sim/recordings"): self.admin_recordings,
+            ("POST", "/sim/delete-recordings"): self.admin_delete_recordings,
             ("GET", "/sim/cdrs"): self.admin_cdrs,
         }
 
@@ -291,7 +299,8 @@ class SimApp:
         try:
             check_recording_name(name)
         except BadName:
-            raise ApiFailure(NO_SUCH_FILE) from None
+            # As for any name it does not have (unknown or deleted).
+            raise ApiFailure(self.state.missing_errno) from None
         self.state.require_recording(name)
         allowed_ip = _normal_ip(_text(body.get("allowedip"))) or None
         random_value = self.state.issue_random(("recording", name), request.client_ip, allowed_ip)
@@ -303,19 +312,27 @@ class SimApp:
         self.state.session(request.query.get("token"))
         name, random_value = _required(request.query, "recording", "random")
         self.state.redeem_random(random_value, ("recording", name), request.client_ip)
-        size = self.state.require_recording(name)
+        # A random taken before the recording was deleted is still good; the
+        # file is not: HTTP 200 with the JSON failure, as on the PBX.
+        self.state.require_recording(name)
         try:
-            path = self.sim.store.path_of(name)
-            if path.stat().st_size != size:
-                size = path.stat().st_size
+            source = await trio.open_file(self.sim.store.path_of(name), "rb")
         except (BadName, OSError):
-            raise ApiFailure(NO_SUCH_FILE) from None
-        self.state.stats.downloads[name] += 1
-        faults = self.sim.faults.take_download()
-        return await self._stream_recording(path, size, faults, receive, send)
+            raise ApiFailure(self.state.missing_errno) from None
+        # Opened before answering: a deletion from here on does not cut the body.
+        async with source:
+            size = os.fstat(source.fileno()).st_size
+            self.state.stats.downloads[name] += 1
+            faults = self.sim.faults.take_download()
+            return await self._stream_recording(source, size, faults, receive, send)
 
     async def _stream_recording(
-        self, path: Any, size: int, faults: DownloadFaults, receive: Receive, send: Send
+        self,
+        source: _AudioSource,
+        size: int,
+        faults: DownloadFaults,
+        receive: Receive,
+        send: Send,
     ) -> str:
         if faults.download_error is not None:
             await self._json(send, failure_body(faults.download_error))
@@ -357,15 +374,14 @@ class SimApp:
                 rate = faults.throttle or 0
                 chunk_size = min(CHUNK, max(256, rate // 10)) if rate else CHUNK
                 began = trio.current_time()
-                async with await trio.open_file(path, "rb") as source:
-                    while sent < cut:
-                        chunk = await source.read(min(chunk_size, cut - sent))
-                        if not chunk:
-                            break
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        sent += len(chunk)
-                        if rate:
-                            await trio.sleep_until(began + sent / rate)
+                while sent < cut:
+                    chunk = await source.read(min(chunk_size, cut - sent))
+                    if not chunk:
+                        break
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    sent += len(chunk)
+                    if rate:
+                        await trio.sleep_until(began + sent / rate)
                 if how == "stall":
                     await disconnected.wait()
                 nursery.cancel_scope.cancel()
@@ -506,6 +522,28 @@ class SimApp:
     async def admin_recordings(self, body: dict[str, Any]) -> Any:
         names = list(self.state.recordings)
         return await trio.to_thread.run_sync(self.sim.store.listing, names)
+
+    async def admin_delete_recordings(self, body: dict[str, Any]) -> Any:
+        """Delete recordings now, as the auto-cleanup would (CDRs stay). Exactly
+        one of {"names": [...]}, {"older_than": EPOCH} (call started before it,
+        UTC), {"all": true}. Answers the names deleted, oldest first."""
+        forms = [key for key in ("names", "older_than", "all") if key in body]
+        if len(forms) != 1 or set(body) != set(forms):
+            raise ValueError('give exactly one of "names", "older_than" or "all"')
+        if "names" in body:
+            names = body["names"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError("names must be a list of recording names")
+        elif "older_than" in body:
+            epoch = body["older_than"]
+            if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+                raise ValueError("older_than must be a UTC epoch in seconds")
+            names = self.state.recordings_started_before(float(epoch))
+        else:
+            if body["all"] is not True:
+                raise ValueError('"all" must be true')
+            names = list(self.state.recordings)
+        return await self.sim.delete_recordings(names, "on request")
 
     async def admin_cdrs(self, body: dict[str, Any]) -> Any:
         return self.state.cdrs

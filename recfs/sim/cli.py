@@ -22,6 +22,30 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _count(text: str) -> int:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not days > 0 or days == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of days > 0, got {text!r}")
+    return days
+
+
+def _errno(text: str) -> str:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"an errno is digits, got {text!r}")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recfs sim", description="Run a simulated Yeastar S-Series PBX.")
     p.add_argument("--listen", type=_listen, default=("0.0.0.0", 8088), metavar="HOST:PORT",
@@ -45,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report-retry-interval", type=float, default=5.0, help="seconds between report re-sends")
     p.add_argument("--report-retry-limit", type=int, default=120, help="re-sends of an unanswered report")
     p.add_argument("--utc-offset", type=int, help="PBX-local time, minutes east of UTC (default: this machine's)")
+    p.add_argument("--keep-recordings", type=_count, metavar="N",
+                   help="auto-cleanup: after each call, delete all but the newest N recordings "
+                        "(CDRs are kept; default: keep all)")
+    p.add_argument("--keep-days", type=_days, metavar="D",
+                   help="auto-cleanup: delete recordings whose call is older than D days, checked "
+                        "after each call and once a minute (CDRs are kept; default: keep all)")
+    p.add_argument("--missing-errno", type=_errno, default="10023", metavar="ERRNO",
+                   help="errno for a recording that is not there: 10023 (S-Series, default) "
+                        "or 20014 (K2/S1000-era)")
     p.add_argument("--seed", type=int, help="make generated calls reproducible")
     p.add_argument("--fault", action="append", default=[], metavar="NAME=VALUE[,times=N]",
                    help="switch a fault on from the start (repeatable)")
@@ -93,6 +126,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         report_retry_interval=args.report_retry_interval,
         report_retry_limit=args.report_retry_limit,
         utc_offset=args.utc_offset,
+        keep_recordings=args.keep_recordings,
+        keep_days=args.keep_days,
+        missing_errno=args.missing_errno,
         faults={name: {"value": v["value"], "times": v["times"]} for name, v in faults.snapshot().items()},
         seed=args.seed,
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recfs.pbx.errors import NO_SUCH_FILE
 from recfs.sim import state
 
 
@@ -37,5 +38,13 @@ class SimConfig:
     utc_offset: int | None = None
     # Same form as POST /sim/faults: {"name": value | {"value": v, "times": n}}.
     faults: dict[str, Any] = field(default_factory=dict)
+    # The PBX's auto-cleanup (None = off): keep only the newest N recordings
+    # (checked after each call), delete those whose call is older than D days
+    # (after each call and once a minute). CDRs are kept either way.
+    keep_recordings: int | None = None
+    keep_days: float | None = None
+    # What get_random and download answer for a recording that is not there:
+    # 10023 (S-Series v1) or 20014 (K2/S1000-era firmware).
+    missing_errno: str = NO_SUCH_FILE
     # Seeds the choice of numbers, types and durations (None → unpredictable).
     seed: int | None = None

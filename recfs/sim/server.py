@@ -141,6 +141,7 @@ async def run_simulator(config: SimConfig, *, task_status: trio.TaskStatus[Simul
                 _stop=stop,
             )
             nursery.start_soon(sim.call_loop)
+            nursery.start_soon(sim.cleanup_loop)
             log.info("PBX simulator listening on %s", info.base_url)
             task_status.started(info)
             await served.wait()

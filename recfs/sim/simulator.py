@@ -16,10 +16,13 @@ from recfs.sim.calls import CallFactory, local_utc_offset_minutes
 from recfs.sim.config import SimConfig
 from recfs.sim.faults import Faults
 from recfs.sim.reports import Reporter
-from recfs.sim.state import SimState
+from recfs.sim.state import SimState, call_started
 from recfs.sim.store import Store
 
 log = logging.getLogger(__name__)
+
+# How often the age rule (--keep-days) is checked besides after each call.
+CLEANUP_INTERVAL = 60.0
 
 
 class Simulator:
@@ -41,9 +44,12 @@ class Simulator:
             random_ttl=config.random_ttl,
             lockout_attempts=config.lockout_attempts,
             lockout_seconds=config.lockout_seconds,
+            missing_errno=config.missing_errno,
         )
         for name, size in self.store.load_recordings().items():
-            self.state.add_recording(name, size)
+            # A name that does not tell its call's start ages by its file's time.
+            started = call_started(name)
+            self.state.add_recording(name, size, started if started is not None else self.store.recording_mtime(name))
         for cdr in self.store.load_cdrs():
             self.state.add_cdr(cdr)
         self.faults = Faults()
@@ -64,6 +70,7 @@ class Simulator:
         # Where report deliveries run; set by run_simulator.
         self.nursery: trio.Nursery | None = None
         self._call_lock = trio.Lock()
+        self._delete_lock = trio.Lock()
 
     # --- faults -----------------------------------------------------------------
 
@@ -99,6 +106,9 @@ class Simulator:
             self.store.append_cdr(cdr)
             self.state.add_cdr(cdr)
             self.state.stats.calls += 1
+        # The auto-cleanup runs before the report goes out: with a small
+        # --keep-recordings the report may name a file that is already gone.
+        await self.cleanup()
         dropped = self.faults.take("drop_reports")
         log.info(
             "call %s %s %s→%s %s talk %ss recording %s%s",
@@ -109,6 +119,55 @@ class Simulator:
             for session in self.state.live_sessions():
                 self.nursery.start_soon(self.reporter.deliver, session, cdr)
         return cdr
+
+    # --- deleting recordings (the PBX's auto-cleanup) ------------------------------
+
+    async def delete_recordings(self, names: list[str], why: str) -> list[str]:
+        """Delete these recordings now, from disk (durably) and from the state;
+        their CDRs stay. Returns those deleted, oldest first; unknown names are
+        skipped."""
+        async with self._delete_lock:
+            wanted = set(names)
+            present = [name for name in self.state.recordings_oldest_first() if name in wanted]
+            if not present:
+                return []
+            # The state first, so the API never hands out a random for a file
+            # being unlinked; the unlink is what a restart sees. A download that
+            # has already opened the file finishes; later ones get the missing errno.
+            was = {name: (self.state.recordings[name], self.state.recording_started[name]) for name in present}
+            for name in present:
+                self.state.remove_recording(name)
+            deleted, failed = await trio.to_thread.run_sync(self.store.delete_recordings, present)
+            for name in failed:  # still on disk (logged): still there
+                size, started = was[name]
+                self.state.add_recording(name, size, started)
+                self.state.stats.recordings_deleted -= 1
+            log.info("deleted %d recording(s) (%s)%s", len(deleted), why,
+                     ": " + ", ".join(deleted) if len(deleted) <= 5 else "")
+            return deleted
+
+    def cleanup_due(self) -> list[str]:
+        return self.state.recordings_to_clean(
+            keep_count=self.config.keep_recordings, keep_days=self.config.keep_days, now=self.wall_clock()
+        )
+
+    async def cleanup(self) -> list[str]:
+        """The auto-cleanup, as configured (nothing when both rules are off)."""
+        if self.config.keep_recordings is None and self.config.keep_days is None:
+            return []
+        due = self.cleanup_due()
+        return await self.delete_recordings(due, "auto-cleanup") if due else []
+
+    async def cleanup_loop(self) -> None:
+        """At start and once a minute, so recordings age out with no calls too."""
+        if self.config.keep_recordings is None and self.config.keep_days is None:
+            return
+        while True:
+            try:
+                await self.cleanup()
+            except OSError as error:
+                log.error("auto-cleanup failed: %s", error)
+            await trio.sleep(CLEANUP_INTERVAL)
 
     async def call_loop(self) -> None:
         rate = self.config.calls_per_minute

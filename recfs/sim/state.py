@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import re
 import secrets
 import time
 from collections import Counter
@@ -29,6 +30,15 @@ DEFAULT_TOKEN_TTL = 1800.0
 DEFAULT_RANDOM_TTL = 30.0
 DEFAULT_LOCKOUT_ATTEMPTS = 5
 DEFAULT_LOCKOUT_SECONDS = 600.0
+DAY = 86400.0
+
+# "Audio file does not exist": 10023 in the S-Series v1 appendix; K2/S1000-era
+# firmware answers 20014 ("recording file does not exist") instead.
+MISSING_ERRNOS = (NO_SUCH_FILE, "20014")
+
+# YYYYMMDDhhmmss-{epoch}.{sequence}-...: the callid's integer part is the call's
+# UTC start, its sequence orders calls that started in the same second.
+_NAME_CALLID = re.compile(r"^\d{14}-(\d+)\.(\d+)-")
 
 # Column order of the CDR CSV and the key set of a v2 NewCdr report.
 CDR_FIELDS = (
@@ -123,6 +133,7 @@ class Stats:
     reports_sent: int = 0
     reports_acked: int = 0
     calls: int = 0
+    recordings_deleted: int = 0
 
     def download_started(self) -> None:
         self.downloads_active += 1
@@ -152,6 +163,7 @@ class SimState:
         lockout_attempts: int = DEFAULT_LOCKOUT_ATTEMPTS,
         lockout_seconds: float = DEFAULT_LOCKOUT_SECONDS,
         new_secret: Callable[[], str] = lambda: secrets.token_hex(16),
+        missing_errno: str = NO_SUCH_FILE,
     ):
         # users: name → API password in clear; the wire carries its MD5.
         self._password_md5 = {user: md5_hex(pw) for user, pw in users.items()}
@@ -169,7 +181,11 @@ class SimState:
         self._timed_out: set[str] = set()
         self._ip_failures: dict[str, _IpFailures] = {}
         self._randoms: dict[str, _Random] = {}
+        # The answer for a recording that is not (or no longer) there.
+        self.missing_errno = missing_errno
         self.recordings: dict[str, int] = {}
+        # name → UTC epoch of the call's start: what the auto-cleanup ages by.
+        self.recording_started: dict[str, float] = {}
         self.cdrs: list[dict[str, str]] = []
         self.stats = Stats()
 
@@ -295,14 +311,53 @@ class SimState:
 
     # --- catalog --------------------------------------------------------------
 
-    def add_recording(self, name: str, size: int) -> None:
+    def add_recording(self, name: str, size: int, started: float | None = None) -> None:
+        """*started*: UTC epoch of the call's start; None → read from the name
+        (the callid in it), else the recording counts as the oldest of all."""
         self.recordings[name] = size
+        if started is None:
+            started = call_started(name)
+        self.recording_started[name] = started if started is not None else 0.0
+
+    def remove_recording(self, name: str) -> bool:
+        """Forget a recording (its file is gone). CDRs naming it stay: recordings
+        and CDRs age separately on a PBX. Returns whether it was there."""
+        if self.recordings.pop(name, None) is None:
+            return False
+        self.recording_started.pop(name, None)
+        self.stats.recordings_deleted += 1
+        return True
 
     def require_recording(self, name: str) -> int:
         size = self.recordings.get(name)
         if size is None:
-            raise ApiFailure(NO_SUCH_FILE)
+            raise ApiFailure(self.missing_errno)
         return size
+
+    def _age_key(self, name: str) -> tuple[float, int, str]:
+        match = _NAME_CALLID.match(name)
+        return (self.recording_started.get(name, 0.0), int(match.group(2)) if match else 0, name)
+
+    def recordings_oldest_first(self) -> list[str]:
+        return sorted(self.recordings, key=self._age_key)
+
+    def recordings_started_before(self, epoch: float) -> list[str]:
+        """Recordings whose call started before *epoch* (UTC), oldest first."""
+        return [name for name in self.recordings_oldest_first() if self.recording_started[name] < epoch]
+
+    def recordings_to_clean(
+        self, *, keep_count: int | None = None, keep_days: float | None = None, now: float = 0.0
+    ) -> list[str]:
+        """What the PBX's auto-cleanup deletes now, oldest first: all but the
+        newest *keep_count* recordings, and those whose call started more than
+        *keep_days* days before *now* (UTC epoch). None switches a rule off."""
+        ordered = self.recordings_oldest_first()
+        doomed: set[str] = set()
+        if keep_count is not None:
+            doomed.update(ordered[: max(0, len(ordered) - keep_count)])
+        if keep_days is not None:
+            doomed.update(self.recordings_started_before(now - keep_days * DAY))
+        return [name for name in ordered if name in doomed]
 
     def add_cdr(self, cdr: dict[str, str]) -> None:
         self.cdrs.append(cdr)
@@ -334,5 +389,13 @@ class SimState:
             "reports_sent": s.reports_sent,
             "reports_acked": s.reports_acked,
             "calls": s.calls,
+            "recordings_deleted": s.recordings_deleted,
             "sessions": len(self.live_sessions()),
         }
+
+
+def call_started(name: str) -> float | None:
+    """The UTC start of the call a simulator-style recording name belongs to
+    (the integer part of the callid in it), or None for any other name."""
+    match = _NAME_CALLID.match(name)
+    return float(match.group(1)) if match else None

@@ -1,5 +1,7 @@
 """The simulator's disk: ``recordings/*.wav`` and ``cdrs.jsonl`` under data_dir, so
-a restarted simulator still has its history (as a PBX does)."""
+a restarted simulator still has its history (as a PBX does). The files on disk are
+the truth: a deleted recording is an unlinked file, so a restart does not bring it
+back; the CDR file is never rewritten (deleted recordings keep their CDRs)."""
 
 from __future__ import annotations
 
@@ -65,6 +67,45 @@ class Store:
         size = wav.write_wav(str(tmp), seed, seconds)
         os.replace(tmp, final)
         return size
+
+    def recording_mtime(self, name: str) -> float | None:
+        try:
+            return self.path_of(name).stat().st_mtime
+        except (BadName, OSError):
+            return None
+
+    def delete_recordings(self, names: list[str]) -> tuple[list[str], list[str]]:
+        """Blocking: unlink these recordings, durably (the directory is fsynced).
+
+        Returns (deleted, failed). A file already gone counts as deleted: the
+        goal is that it is not there. Failures are logged and left in place."""
+        deleted: list[str] = []
+        failed: list[str] = []
+        for name in names:
+            try:
+                self.path_of(name).unlink(missing_ok=True)
+            except (BadName, OSError) as error:
+                log.error("recording %s could not be deleted: %s", name, error)
+                failed.append(name)
+                continue
+            self._sha_cache.pop(name, None)
+            deleted.append(name)
+        if deleted:
+            self._fsync_dir()
+        return deleted, failed
+
+    def _fsync_dir(self) -> None:
+        try:
+            fd = os.open(self.recordings_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            log.warning("%s: cannot open to fsync: %s", self.recordings_dir, error)
+            return
+        try:
+            os.fsync(fd)
+        except OSError as error:
+            log.warning("%s: fsync failed: %s", self.recordings_dir, error)
+        finally:
+            os.close(fd)
 
     def listing(self, names: list[str]) -> list[dict[str, object]]:
         """Blocking: name, size, sha256 of each recording (hashes cached by size+mtime)."""

@@ -181,8 +181,8 @@ class RecordingsFs:
             # The kernel asks "." of any inode, files included, to turn an NFS (or
             # open_by_handle_at) file handle back into an inode it has forgotten. A
             # handle is no reason to download: the known size or none (timeout 0).
-            rec = self._recording(parent)
-            return self._file_attributes(rec, self.content.known_size(rec))
+            handled = self._recording(parent)
+            return self._file_attributes(handled, self.content.known_size(handled))
         node = self._dir(parent)
         if name == ".":
             return self.dir_attributes(node)

@@ -12,7 +12,6 @@ import pytest
 from tests.ci import unavailable
 from tests.mount import harness
 from tests.mount.harness import FUSE_OK, Mount, Sim
-from tests.mount.harness import receiver_url  # noqa: F401 -- scripts/bench_ingest.py imports it from here
 
 
 def pytest_collection_modifyitems(config, items):

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from recfs.service.mountpoint import EX_CONFIG
+
 RECFS = [sys.executable, "-m", "recfs.cli"]
 FUSE_OK = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 
@@ -401,6 +403,54 @@ def _report_secret_files(test_dir: Path | None) -> list[Path]:
 
 
 # -- helpers --------------------------------------------------------------------------
+
+def try_mount(sim, work: Path, *options: str, source: str | None = None,
+              password: str | None = None, foreground: bool = False,
+              env: dict[str, str] | None = None,
+              mountpoint: Path | None = None) -> subprocess.CompletedProcess:
+    """`recfs mount` that is expected to fail: run it to its end; nothing may be left
+    mounted, and neither its terminal output nor its log may hold a traceback or a
+    secret. (Its log is not called recfs.log: the harness's check would take the
+    expected ERROR line for a bug.)"""
+    work.mkdir(parents=True, exist_ok=True)
+    if mountpoint is None:
+        mountpoint = work / "mnt"
+        mountpoint.mkdir(exist_ok=True)
+    mounted_before = os.path.ismount(mountpoint)
+    password_file = work / "password"
+    password_file.write_text((sim.password if password is None else password) + "\n")
+    password_file.chmod(0o600)
+    log = work / "failed-mount.log"
+    opts = ",".join([f"user={sim.user}", f"password_file={password_file}",
+                     f"cafile={sim.cafile}", "listen=127.0.0.1:0", f"state_dir={work / 'state'}",
+                     f"cache_dir={work / 'cache'}", f"log_file={log}", "prefetch=none",
+                     *options])
+    argv = [*RECFS, "mount", source or sim.url, str(mountpoint), "-o", opts]
+    done = subprocess.run([*argv, "-f"] if foreground else argv, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})}, check=False)
+    assert os.path.ismount(mountpoint) == mounted_before, "a refused mount mounts nothing"
+    text = done.stderr + done.stdout + (log.read_text() if log.exists() else "")
+    assert "Traceback" not in text, text
+    assert not leaked_secrets(text, [sim.password, *sim.issued_secrets()])
+    return done
+
+
+def the_line(done: subprocess.CompletedProcess, foreground: bool, *words: str,
+             status: int = EX_CONFIG) -> str:
+    """The one line on stderr that says what is wrong: `recfs: ...` from a background
+    mount's parent, the ERROR log line in the foreground. *status*: the exit status
+    (a configuration error's by default: the systemd unit does not restart on it)."""
+    assert done.returncode == status, done
+    if foreground:
+        lines = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    else:
+        lines = [line for line in done.stderr.splitlines()
+                 if line.startswith("recfs: ") and "cross the network unencrypted" not in line]
+    assert len(lines) == 1, done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -8,64 +8,16 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
 import socket
-import subprocess
 import threading
 import types
-from pathlib import Path
 
 import pytest
 
-from tests.mount.harness import RECFS, Mount, free_port, leaked_secrets
+from recfs.service.mountpoint import EX_CONFIG
+from tests.mount.harness import Mount, free_port, the_line, try_mount
 
 MODES = ["background", "foreground"]
-
-
-def try_mount(sim, work: Path, *options: str, source: str | None = None,
-              password: str | None = None, foreground: bool = False,
-              env: dict[str, str] | None = None,
-              mountpoint: Path | None = None) -> subprocess.CompletedProcess:
-    """`recfs mount` that is expected to fail: run it to its end; nothing may be left
-    mounted, and neither its terminal output nor its log may hold a traceback or a
-    secret. (Its log is not called recfs.log: the harness's check would take the
-    expected ERROR line for a bug.)"""
-    work.mkdir(parents=True, exist_ok=True)
-    if mountpoint is None:
-        mountpoint = work / "mnt"
-        mountpoint.mkdir(exist_ok=True)
-    mounted_before = os.path.ismount(mountpoint)
-    password_file = work / "password"
-    password_file.write_text((sim.password if password is None else password) + "\n")
-    password_file.chmod(0o600)
-    log = work / "failed-mount.log"
-    opts = ",".join([f"user={sim.user}", f"password_file={password_file}",
-                     f"cafile={sim.cafile}", "listen=127.0.0.1:0", f"state_dir={work / 'state'}",
-                     f"cache_dir={work / 'cache'}", f"log_file={log}", "prefetch=none",
-                     *options])
-    argv = [*RECFS, "mount", source or sim.url, str(mountpoint), "-o", opts]
-    done = subprocess.run([*argv, "-f"] if foreground else argv, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})}, check=False)
-    assert os.path.ismount(mountpoint) == mounted_before, "a refused mount mounts nothing"
-    text = done.stderr + done.stdout + (log.read_text() if log.exists() else "")
-    assert "Traceback" not in text, text
-    assert not leaked_secrets(text, [sim.password, *sim.issued_secrets()])
-    return done
-
-
-def the_line(done: subprocess.CompletedProcess, foreground: bool, *words: str) -> str:
-    """The one line on stderr that says what is wrong: `recfs: ...` from a background
-    mount's parent, the ERROR log line in the foreground."""
-    assert done.returncode == 1, done
-    if foreground:
-        lines = [line for line in done.stderr.splitlines() if " ERROR " in line]
-    else:
-        lines = [line for line in done.stderr.splitlines()
-                 if line.startswith("recfs: ") and "cross the network unencrypted" not in line]
-    assert len(lines) == 1, done.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -165,7 +117,7 @@ def test_under_systemd_the_unit_fails_with_the_reason(sim, tmp_path):
                 said.append(listener.recv(4096).decode())
         except TimeoutError:
             pass
-    assert done.returncode == 1
+    assert done.returncode == EX_CONFIG  # RestartPreventExitStatus=78 in contrib/recfs.service
     assert not any("READY=1" in message for message in said), said
     assert any(message.startswith("STATUS=") and "password_file=" in message for message in said)
     errors = [line for line in done.stderr.splitlines() if line.startswith("<3>")]

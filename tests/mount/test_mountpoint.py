@@ -11,8 +11,7 @@ import signal
 
 import pytest
 
-from tests.mount.harness import Mount, wait_for
-from tests.mount.test_first_contact import the_line, try_mount
+from tests.mount.harness import Mount, the_line, try_mount, wait_for
 
 
 def mounts_at(path) -> int:
@@ -78,7 +77,7 @@ def test_after_kill_9_the_same_command_mounts_again(sim, tmp_path, mode):
 def test_a_mount_point_that_does_not_exist(sim, tmp_path, mode):
     missing = tmp_path / "nowhere"
     done = try_mount(sim, tmp_path / "x", mountpoint=missing, foreground=mode == "foreground")
-    the_line(done, mode == "foreground", f"mount point {missing} does not exist")
+    the_line(done, mode == "foreground", f"mount point {missing} does not exist", status=1)
     assert sim.stats()["logins"] == 0  # checked before anything else
 
 
@@ -86,7 +85,7 @@ def test_a_file_is_not_a_mount_point(sim, tmp_path):
     file = tmp_path / "file"
     file.write_text("")
     done = try_mount(sim, tmp_path / "x", mountpoint=file)
-    the_line(done, False, f"mount point {file} is not a directory")
+    the_line(done, False, f"mount point {file} is not a directory", status=1)
 
 
 @pytest.mark.parametrize("mode", ["background", "foreground"])
@@ -95,7 +94,7 @@ def test_files_in_the_mount_point_need_nonempty(sim, tmp_path, mode):
     mnt.mkdir(parents=True)
     (mnt / "notes.txt").write_text("mine")
     done = try_mount(sim, tmp_path / "m", mountpoint=mnt, foreground=mode == "foreground")
-    the_line(done, mode == "foreground", "not empty", "notes.txt", "hide", "-o nonempty")
+    the_line(done, mode == "foreground", "not empty", "notes.txt", "hide", "-o nonempty", status=1)
 
     mount = Mount(sim, tmp_path / "m", "prefetch=none", "nonempty",
                   background=mode == "background")
@@ -112,7 +111,7 @@ def test_a_live_mount_is_refused_never_stacked(sim, tmp_path, mode):
         done = try_mount(sim, tmp_path / "m", *extra, mountpoint=first.path,
                          foreground=mode == "foreground")
         the_line(done, mode == "foreground", "already in use", "recfs mount is running",
-                 "fusermount3 -u")
+                 "fusermount3 -u", status=1)
         assert mounts_at(first.path) == 1
     cdr = sim.call(duration=2)
     assert first.wait_file(cdr).read_bytes() == sim.recording_bytes(cdr["recording"])

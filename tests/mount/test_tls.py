@@ -8,6 +8,9 @@ import ssl
 
 import pytest
 
+from recfs.service.mountpoint import EX_CONFIG
+from tests.mount.harness import try_mount
+
 
 def sim_fingerprint(sim) -> str:
     pem = open(sim.cafile).read()
@@ -25,17 +28,15 @@ def test_pinned_fingerprint_works(sim, mount_factory):
 def test_wrong_fingerprint_never_logs_in(sim, tmp_path):
     # A configuration error: the mount command fails (tests/mount/test_first_contact.py
     # has the rest), and the wrong server never saw the login.
-    from tests.mount.test_first_contact import try_mount
     wrong = "sha256:" + "00" * 32
     done = try_mount(sim, tmp_path / "w", f"fingerprint={wrong}")
-    assert done.returncode == 1 and f"does not match fingerprint={wrong}" in done.stderr
+    assert done.returncode == EX_CONFIG and f"does not match fingerprint={wrong}" in done.stderr
     assert sim.stats()["logins"] == 0
 
 
 def test_without_cafile_the_self_signed_pbx_is_not_trusted(sim, tmp_path):
-    from tests.mount.test_first_contact import try_mount
     done = try_mount(sim, tmp_path / "n", "cafile=")
-    assert done.returncode == 1
+    assert done.returncode == EX_CONFIG
     assert "not trusted (self-signed certificate" in done.stderr and "cafile=" in done.stderr
     assert sim.stats()["logins"] == 0
 

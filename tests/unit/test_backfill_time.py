@@ -10,7 +10,6 @@ from recfs.catalog.database import Catalog, call_epoch, insert_calls
 from recfs.pbx.clock import PbxClock, offset_of
 from recfs.pbx.errors import PbxError
 from recfs.pbx.reports import CallRecord
-from tests.catalog_util import write_calls
 
 HEADER = b"callid,timestart,recording\r\n"
 
@@ -41,22 +40,6 @@ def test_clock_follows_daylight_saving_and_saves():
     clock.learn("1730000000.1", "2024-10-27 04:33:20")  # CET after the change
     assert saved == [7200, 3600]
     assert clock.local_now() == datetime(2024, 6, 10, 7, 33, 54)
-
-
-# Host time zones far from the PBX's, as POSIX TZ strings (no zone data needed):
-# New York (UTC-4 in June), India (+05:30), Kiritimati (+14).
-HOST_ZONES = ["EST5EDT,M3.2.0,M11.1.0", "IST-5:30", "<+14>-14"]
-
-
-@pytest.fixture(params=HOST_ZONES)
-def host_tz(request, monkeypatch):
-    """The test runs with the host's local time zone set to each of HOST_ZONES."""
-    monkeypatch.setenv("TZ", request.param)
-    time.tzset()
-    assert time.localtime(1718001234).tm_gmtoff != 0  # the zone really is in force
-    yield request.param
-    monkeypatch.undo()
-    time.tzset()
 
 
 def _add(catalog: Catalog, calls: list[CallRecord], utc_offset: int | None):

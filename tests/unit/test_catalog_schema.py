@@ -115,7 +115,9 @@ def test_a_version_1_catalog_is_upgraded_in_place(tmp_path, views):
     catalog = Catalog(tmp_path / "old.sqlite")
     assert catalog.meta("schema") == str(SCHEMA_VERSION)
     for name, ino in inodes.items():
-        assert catalog.by_name(name).ino == ino  # a backup sees the same files
+        rec = catalog.by_name(name)
+        assert rec.ino == ino  # a backup sees the same files
+        assert (rec.sha256, rec.archive, rec.lost) == (None, None, False)  # not archived yet
     days = {d.key: d for d in catalog.days()}
     assert days["2024-06-10"].recordings == 2 and days["2024-06-10"].last_call == 1718004600
     assert days["2024-06-11"].last_call == 1718100000

@@ -1,7 +1,7 @@
 """Why a transfer runs (recfs/content/store.py, transfer.py): a stat learns a size for
 one handshake and the headers, and the size goes to the catalog at once; a download
 nobody reads any more stops, and its slot goes to whoever waits; one that prefetch
-asked for carries on. The PBX is played by respx (test_vfs's Pbx and world)."""
+asked for carries on. The PBX is played by respx (tests/unit/vfs_world.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from recfs.pbx.reports import CallRecord
-from tests.unit.test_vfs import Pbx, add, settled, wav, world  # noqa: F401  (world: fixture)
+from tests.unit.vfs_world import Pbx, add, settled, wav
 
 import respx
 
@@ -185,4 +185,43 @@ async def test_a_reader_that_leaves_before_its_slot_comes_stops_its_transfer(wor
         for fh in busy:
             fs.release(fh)
         await settled(fs)
+        assert cache_files(fs) == []
+
+
+async def test_concurrent_lookups_and_opens_cost_one_handshake_each(world):
+    """Readers started together: the stats queue for slots while the first lookups'
+    opens are on their way; those keep their slots (open_grace) and are joined."""
+    fs = world
+    pbx = Pbx(wav(100_000), chunk=4096, delay=0.002)
+    with respx.mock as router:
+        pbx.install(router)
+        recs = [await add(fs, call(i)) for i in range(5)]
+
+        async def cat(rec):
+            await fs.getattr(rec.ino)  # the kernel's lookup
+            assert await read_all(fs, rec.ino, len(pbx.audio)) == pbx.audio
+
+        async with trio.open_nursery() as nursery:
+            for rec in recs:
+                nursery.start_soon(cat, rec)
+        assert (pbx.randoms, pbx.downloads) == (5, 5)
+        assert fs.content.stats.downloads_stopped == 0
+
+
+async def test_stats_one_after_another_do_not_wait_for_lingering_ones(world):
+    """`ls -l`: each stat's transfer lingers after the size (an open may follow), but
+    gives its slot to the next stat once open_grace has passed, not after linger."""
+    fs = world
+    pbx = slow_pbx()
+    with respx.mock as router:
+        pbx.install(router)
+        recs = [await add(fs, call(i)) for i in range(6)]
+        began = trio.current_time()
+        for rec in recs:
+            assert (await fs.getattr(rec.ino)).size == len(pbx.audio)
+        took = trio.current_time() - began
+        assert took < fs.content.policy.linger, took
+        assert pbx.randoms == 6 and fs.content.slots.preempted == 4
+        await settled(fs)
+        assert fs.content.stats.downloads_stopped == 6
         assert cache_files(fs) == []

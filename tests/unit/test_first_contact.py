@@ -272,6 +272,9 @@ async def test_several_pbxs_each_named_in_one_error(tmp_path):
         async def first_contact(self):
             await contact(self.client, self.opts, self.name)
 
+        async def log_out(self):
+            self.logged_out = True
+
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "c").mkdir()
@@ -281,6 +284,8 @@ async def test_several_pbxs_each_named_in_one_error(tmp_path):
         await fc.contact_all(services)
     lines = str(raised.value).splitlines()
     assert sorted(line.split(":")[0] for line in lines) == ["pbx.a", "pbx.c"]
+    # The one that logged in does not stay logged in to a mount that never came up.
+    assert [getattr(s, "logged_out", False) for s in services] == [False, True, False]
 
 
 # -- the mount point ---------------------------------------------------------------------

@@ -1,5 +1,4 @@
 import json
-import time
 
 import pytest
 
@@ -70,22 +69,6 @@ def test_day_falls_back_to_name_then_callid():
     assert CallRecord(name="20231231235959-1.2-a-b-Internal.wav").day == "2023-12-31"
     assert CallRecord(name="odd.wav", callid="1718001234.1").day == "2024-06-10"
     assert CallRecord(name="odd.wav", timestart="2024-13-45 00:00:00").day == "1970-01-01"
-
-
-# Host time zones far from the PBX's, as POSIX TZ strings (no zone data needed):
-# New York (UTC-4 in June), India (+05:30), Kiritimati (+14).
-HOST_ZONES = ["EST5EDT,M3.2.0,M11.1.0", "IST-5:30", "<+14>-14"]
-
-
-@pytest.fixture(params=HOST_ZONES)
-def host_tz(request, monkeypatch):
-    """The test runs with the host's local time zone set to each of HOST_ZONES."""
-    monkeypatch.setenv("TZ", request.param)
-    time.tzset()
-    assert time.localtime(1718001234).tm_gmtoff != 0  # the zone really is in force
-    yield request.param
-    monkeypatch.undo()
-    time.tzset()
 
 
 def test_epoch_is_the_callid_and_never_the_host_zone(host_tz):

@@ -10,6 +10,7 @@ from recfs.service import pbx_service
 from recfs.service.config import build_options
 from recfs.service.metrics import Metrics
 from recfs.service.pbx_service import PbxService
+from recfs.service.supervise import Supervisor
 from recfs.vfs.core import Owner
 
 TASKS = {"session", "back-fill", "tree", "report sources", "cache upkeep", "prefetch"}
@@ -33,8 +34,9 @@ async def test_every_background_task_survives_its_failure(tmp_path, monkeypatch)
         "password_file": str(password), "state_dir": str(tmp_path / "state"),
         "cache_dir": str(tmp_path / "cache"), "prefetch": "all", "cache_size": "10M",
     }, environ={})
-    metrics = Metrics()
-    svc = PbxService(opts, "", 8260, Owner(0, 0), metrics.observers)
+    mount_tasks = Supervisor()
+    metrics = Metrics(mount_tasks)
+    svc = PbxService(opts, "", 8260, Owner(0, 0), metrics.observers, mount_tasks)
     metrics.watch(svc.status)
     svc.tasks.first_pause = 0.01
     calls: dict[str, int] = {}

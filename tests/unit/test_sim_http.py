@@ -344,3 +344,135 @@ def test_cli_ready_file_and_sigterm(tmp_path):
     assert info["base_url"] in out
     assert "/api/v2.0.0/login" in err and token not in err and token not in out
     assert not ready.exists()
+
+
+# --- deleted recordings (the PBX's auto-cleanup) ----------------------------------
+
+
+async def test_delete_recordings_admin_and_what_the_api_answers(sim, client):
+    cdrs = [await make_call(client, duration=1) for _ in range(4)]
+    names = [c["recording"] for c in cdrs]
+    token = await login(client)
+    early = await get_random(client, token, names[0])  # taken before the deletion
+
+    reply = await client.post("/sim/delete-recordings", json={"names": [names[0], "nope.wav"]})
+    assert reply.status_code == 200 and reply.json() == [names[0]]
+    assert not (sim.data_dir / "recordings" / names[0]).exists()
+    # Same answer as for a name it never had.
+    gone = await client.post("/api/v2.0.0/recording/get_random", params={"token": token}, json={"recording": names[0]})
+    assert gone.json() == {"status": "Failed", "errno": NO_SUCH_FILE}
+    never = await client.post("/api/v2.0.0/recording/get_random", params={"token": token}, json={"recording": "x.wav"})
+    assert never.json() == gone.json()
+    # The random from before the deletion: HTTP 200 with the JSON failure, not audio.
+    late = await download(client, token, names[0], early)
+    assert late.status_code == 200 and late.headers["server"] == "Boa/0.94.14rc21"
+    assert late.json() == {"status": "Failed", "errno": NO_SUCH_FILE}
+
+    listing = [entry["name"] for entry in (await client.get("/sim/recordings")).json()]
+    assert listing == sorted(names[1:])
+    # The CDR history still names every recording, the deleted one too.
+    assert [c["recording"] for c in (await client.get("/sim/cdrs")).json()] == names
+
+    # The answer is oldest first by the call's start (callid: epoch.sequence);
+    # random ring times can make a later call start earlier.
+    def started(name: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in name.split("-")[1].split("."))
+
+    newest_start = int(cdrs[3]["callid"].split(".")[0])
+    reply = await client.post("/sim/delete-recordings", json={"older_than": newest_start})
+    assert reply.json() == sorted((n for n in names[1:] if started(n)[0] < newest_start), key=started)
+    reply = await client.post("/sim/delete-recordings", json={"all": True})
+    assert names[3] in reply.json()
+    assert (await client.get("/sim/recordings")).json() == []
+    assert (await client.post("/sim/delete-recordings", json={"all": True})).json() == []
+    stats = (await client.get("/sim/stats")).json()
+    assert stats["recordings_deleted"] == 4 and stats["calls"] == 4
+    assert stats["downloads"] == {}  # the refused download is not counted
+
+    for bad in ({}, {"all": False}, {"names": "a.wav"}, {"names": [1]}, {"older_than": "yesterday"},
+                {"all": True, "names": []}):
+        assert (await client.post("/sim/delete-recordings", json=bad)).status_code == 400, bad
+    assert (await client.get("/sim/delete-recordings")).status_code == 405
+
+
+async def test_download_under_way_survives_deletion(sim, client):
+    name = (await make_call(client, duration=2))["recording"]
+    data = (sim.data_dir / "recordings" / name).read_bytes()
+    token = await login(client)
+    random = await get_random(client, token, name)
+    await client.post("/sim/faults", json={"throttle": 64000, "times": 1})
+    async with client.stream(
+        "GET", "/api/v2.0.0/recording/download", params={"recording": name, "random": random, "token": token}
+    ) as reply:
+        got = b""
+        async for chunk in reply.aiter_raw():
+            if not got:
+                assert (await client.post("/sim/delete-recordings", json={"names": [name]})).json() == [name]
+            got += chunk
+    assert got == data  # the file was open: as on a PBX, that body completes
+
+
+async def test_missing_errno_20014(nursery, tmp_path, cert_dir):
+    info = await start_sim(nursery, data_dir=tmp_path, cert_dir=cert_dir, missing_errno="20014")
+    async with http_client(info) as c:
+        name = (await make_call(c, duration=1))["recording"]
+        token = await login(c)
+        early = await get_random(c, token, name)
+        await c.post("/sim/delete-recordings", json={"names": [name]})
+        for recording in (name, "never-there.wav", "../etc"):
+            reply = await c.post("/api/v1.1.0/recording/get_random", params={"token": token},
+                                 json={"recording": recording})
+            assert reply.json() == {"status": "Failed", "errno": "20014"}
+        late = await download(c, token, name, early)
+        assert late.status_code == 200 and late.json() == {"status": "Failed", "errno": "20014"}
+    info.stop()
+
+
+async def test_keep_recordings_and_restart_keeps_them_deleted(nursery, tmp_path, cert_dir):
+    info = await start_sim(nursery, data_dir=tmp_path, cert_dir=cert_dir, keep_recordings=2)
+    async with http_client(info) as c:
+        cdrs = [await make_call(c, duration=1) for _ in range(2)]
+        unrecorded = await make_call(c, status="BUSY")  # no recording: nothing to clean
+        assert len((await c.get("/sim/recordings")).json()) == 2
+        cdrs += [await make_call(c, duration=1) for _ in range(2)]
+        names = [cdr["recording"] for cdr in cdrs]
+        kept = info.simulator.state.recordings_oldest_first()
+        assert len(kept) == 2 and set(kept) <= set(names)
+        # Newest by the call's start (callid: epoch.sequence); a long ring can
+        # make a later call start earlier.
+        by_start = sorted(names, key=lambda n: tuple(int(part) for part in n.split("-")[1].split(".")))
+        assert kept == by_start[2:]
+        assert (await c.get("/sim/stats")).json()["recordings_deleted"] == 2
+        history = (await c.get("/sim/cdrs")).json()
+        assert [h["callid"] for h in history] == [cdrs[0]["callid"], cdrs[1]["callid"], unrecorded["callid"],
+                                                  cdrs[2]["callid"], cdrs[3]["callid"]]
+    info.stop()
+    await trio.sleep(0.1)
+    # A plain restart (no cleanup switch): the deleted recordings do not come back.
+    info = await start_sim(nursery, data_dir=tmp_path, cert_dir=cert_dir)
+    async with http_client(info) as c:
+        assert sorted(e["name"] for e in (await c.get("/sim/recordings")).json()) == sorted(kept)
+        assert len((await c.get("/sim/cdrs")).json()) == 5
+        token = await login(c)
+        for name in set(names) - set(kept):
+            reply = await c.post("/api/v2.0.0/recording/get_random", params={"token": token}, json={"recording": name})
+            assert reply.json()["errno"] == NO_SUCH_FILE
+    info.stop()
+
+
+async def test_keep_days_checked_at_start(nursery, tmp_path, cert_dir):
+    info = await start_sim(nursery, data_dir=tmp_path, cert_dir=cert_dir)
+    async with http_client(info) as c:
+        names = [(await make_call(c, duration=0))["recording"] for _ in range(2)]
+    info.stop()
+    await trio.sleep(0.1)
+    # Every call started at least 2 s ago (ring time): 1 s of retention is over.
+    info = await start_sim(nursery, data_dir=tmp_path, cert_dir=cert_dir, keep_days=1 / 86400)
+    async with http_client(info) as c:
+        with trio.fail_after(5):
+            while (await c.get("/sim/recordings")).json():
+                await trio.sleep(0.05)
+        assert (await c.get("/sim/stats")).json()["recordings_deleted"] == 2
+        assert [cdr["recording"] for cdr in (await c.get("/sim/cdrs")).json()] == names
+    assert list((tmp_path / "recordings").glob("*.wav")) == []
+    info.stop()

@@ -336,3 +336,146 @@ def test_wav_is_playable(tmp_path):
     stream = json.loads(probe)["streams"][0]
     assert (stream["codec_name"], stream["sample_rate"], stream["channels"]) == ("pcm_s16le", "8000", 1)
     assert float(stream["duration"]) == 7.0
+
+
+# --- deleted recordings (the PBX's auto-cleanup) ----------------------------------
+
+DAY = 86400
+
+
+def rec_name(epoch: int, seq: int) -> str:
+    stamp = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y%m%d%H%M%S")
+    return f"{stamp}-{epoch}.{seq}-1001-1002-Internal.wav"
+
+
+@pytest.fixture
+def aged(clock: FakeClock) -> tuple[SimState, list[str]]:
+    """Five recordings, one a day, oldest first, each with its CDR."""
+    s = SimState({"api": "secret"}, clock=clock)
+    names = [rec_name(1_700_000_000 + i * DAY, i + 1) for i in range(5)]
+    for name in reversed(names):  # insertion order must not matter
+        s.add_recording(name, 44)
+    for name in names:
+        s.add_cdr({"callid": name.split("-")[1], "recording": name})
+    return s, names
+
+
+def test_keep_count_selects_all_but_the_newest(aged):
+    s, names = aged
+    assert s.recordings_oldest_first() == names
+    assert s.recordings_to_clean(keep_count=2) == names[:3]
+    assert s.recordings_to_clean(keep_count=5) == []
+    assert s.recordings_to_clean(keep_count=0) == names
+    assert s.recordings_to_clean() == []  # both rules off
+
+
+def test_keep_days_selects_calls_older_than_d_days(aged):
+    s, names = aged
+    newest = 1_700_000_000 + 4 * DAY
+    assert s.recordings_to_clean(keep_days=2, now=newest) == names[:2]  # exactly 2 days: kept
+    assert s.recordings_to_clean(keep_days=2, now=newest + 10) == names[:3]
+    assert s.recordings_to_clean(keep_days=0.5, now=newest + 10) == names[:4]
+    assert s.recordings_to_clean(keep_days=30, now=newest) == []
+    # Both rules: the union, oldest first.
+    assert s.recordings_to_clean(keep_count=4, keep_days=3, now=newest + 10) == names[:2]
+    assert s.recordings_to_clean(keep_count=1, keep_days=3, now=newest + 10) == names[:4]
+    assert s.recordings_started_before(1_700_000_000 + DAY + 1) == names[:2]
+
+
+def test_same_second_calls_age_by_sequence(clock):
+    s = SimState({"api": "secret"}, clock=clock)
+    later, earlier = rec_name(1_700_000_000, 10), rec_name(1_700_000_000, 9)
+    s.add_recording(later, 44)
+    s.add_recording(earlier, 44)
+    s.add_recording("odd.wav", 44)  # no callid in the name: the oldest of all
+    assert s.recordings_oldest_first() == ["odd.wav", earlier, later]
+    assert s.recordings_to_clean(keep_count=1) == ["odd.wav", earlier]
+
+
+def test_removed_recording_keeps_its_cdr_and_is_missing(aged):
+    s, names = aged
+    for name in s.recordings_to_clean(keep_count=3):
+        assert s.remove_recording(name)
+    assert not s.remove_recording(names[0])  # already gone: not counted twice
+    assert sorted(s.recordings) == names[2:]
+    assert [c["recording"] for c in s.cdrs] == names  # the history still names them
+    assert errno_of(s.require_recording, names[0]) == NO_SUCH_FILE
+    assert s.stats_json()["recordings_deleted"] == 2
+
+
+def test_missing_errno_is_configurable(clock):
+    s = SimState({"api": "secret"}, clock=clock, missing_errno="20014")
+    s.add_recording("a.wav", 44)
+    assert errno_of(s.require_recording, "nope.wav") == "20014"
+    s.remove_recording("a.wav")
+    assert errno_of(s.require_recording, "a.wav") == "20014"
+
+
+def test_cli_cleanup_switches():
+    from recfs.sim.cli import _parser, config_from_args
+
+    config = config_from_args(_parser().parse_args([]))
+    assert (config.keep_recordings, config.keep_days, config.missing_errno) == (None, None, NO_SUCH_FILE)
+    config = config_from_args(
+        _parser().parse_args(["--keep-recordings", "100", "--keep-days", "0.5", "--missing-errno", "20014"])
+    )
+    assert (config.keep_recordings, config.keep_days, config.missing_errno) == (100, 0.5, "20014")
+    for bad in (["--keep-recordings", "-1"], ["--keep-days", "0"], ["--keep-days", "nan"],
+                ["--missing-errno", "gone"]):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(bad)
+
+
+async def test_simulator_cleanup_deletes_files_durably_and_keeps_cdrs(tmp_path):
+    from recfs.sim.config import SimConfig
+    from recfs.sim.simulator import Simulator
+
+    now = [1_700_000_000.0]
+    config = SimConfig(calls_per_minute=0, keep_recordings=2, seed=1)
+    sim = Simulator(config, tmp_path, wall_clock=lambda: now[0])
+    cdrs = []
+    for _ in range(4):
+        now[0] += 3600
+        cdrs.append(await sim.make_call(duration=1))
+    names = [c["recording"] for c in cdrs]
+    assert sorted(sim.state.recordings) == sorted(names[2:])  # newest two kept
+    assert sorted(p.name for p in (tmp_path / "recordings").iterdir()) == sorted(names[2:])
+    assert [c["recording"] for c in sim.state.cdrs] == names
+    assert sim.state.stats.recordings_deleted == 2
+
+    # Restarted with the age rule only: the deleted ones stay deleted, the CDR
+    # history is whole, and recordings older than a day go at the first check.
+    now[0] += DAY - 3600 + 60  # the third call is now a day and a minute old
+    config = SimConfig(calls_per_minute=0, keep_days=1, seed=1)
+    again = Simulator(config, tmp_path, wall_clock=lambda: now[0])
+    assert sorted(again.state.recordings) == sorted(names[2:])
+    assert [c["recording"] for c in again.state.cdrs] == names
+    assert await again.cleanup() == [names[2]]
+    assert list(again.state.recordings) == [names[3]]
+    assert not (tmp_path / "recordings" / names[2]).exists()
+    # A deletion on request goes the same way; unknown names are skipped.
+    assert await again.delete_recordings([names[3], names[0], "nope.wav"], "test") == [names[3]]
+    assert again.state.recordings == {} and len(again.state.cdrs) == 4
+
+
+async def test_recording_that_cannot_be_unlinked_stays(tmp_path, monkeypatch):
+    import pathlib
+
+    from recfs.sim.config import SimConfig
+    from recfs.sim.simulator import Simulator
+
+    sim = Simulator(SimConfig(calls_per_minute=0, seed=2), tmp_path)
+    stuck, other = [(await sim.make_call(duration=1))["recording"] for _ in range(2)]
+    unlink = pathlib.Path.unlink
+
+    def refuse(self: pathlib.Path, missing_ok: bool = False) -> None:
+        if self.name == stuck:
+            raise PermissionError(13, "Permission denied", str(self))
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", refuse)
+    assert await sim.delete_recordings([stuck, other], "test") == [other]
+    assert list(sim.state.recordings) == [stuck]  # still on disk, so still served
+    assert sim.state.require_recording(stuck) > 0
+    assert sim.state.stats.recordings_deleted == 1
+    assert (tmp_path / "recordings" / stuck).exists()

@@ -59,37 +59,40 @@ async def test_a_cancelled_waiter_gives_nothing_away():
     assert slots.free == 1
 
 
+
 async def test_an_idle_holder_gives_its_slot_to_a_waiter():
     """A holder nobody needs (its readers gone) is asked for its slot when someone
     waits, once per waiter; busy holders are not; the slot passes on only when the
     idle holder has let go."""
     slots = Slots(2)
     idle = {"a": False, "b": False}
-    leave = {name: trio.Event() for name in ("a", "b", "c", "d")}
+    asked = {name: trio.Event() for name in ("a", "b", "c", "d")}
+    let_go = {name: trio.Event() for name in ("a", "b", "c", "d")}  # connection closed
     preempted: list[str] = []
     order: list[str] = []
 
     async def holder(name: str) -> None:
         def preempt() -> None:
             preempted.append(name)
-            leave[name].set()
+            asked[name].set()
 
         async with slots.hold(lambda: True, idle=lambda: idle.get(name, False), preempt=preempt):
             order.append(name)
-            await leave[name].wait()
-            await trio.sleep(0.01)  # letting go takes a moment (closing the connection)
+            await asked[name].wait()
+            await let_go[name].wait()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(holder, "a")
-        nursery.start_soon(holder, "b")
-        await trio.testing.wait_all_tasks_blocked()
+        for name in ("a", "b"):
+            nursery.start_soon(holder, name)
+            await trio.testing.wait_all_tasks_blocked()
         idle["a"] = True
         slots.reclaim()  # nobody waits: nothing to give up
         assert preempted == []
         nursery.start_soon(holder, "c")
         await trio.testing.wait_all_tasks_blocked()
         assert preempted == ["a"] and order == ["a", "b"]  # not before a has let go
-        await trio.sleep(0.02)
+        let_go["a"].set()
+        await trio.testing.wait_all_tasks_blocked()
         assert order == ["a", "b", "c"] and slots.in_use == 2
         nursery.start_soon(holder, "d")
         await trio.testing.wait_all_tasks_blocked()
@@ -97,34 +100,39 @@ async def test_an_idle_holder_gives_its_slot_to_a_waiter():
         idle["b"] = True
         slots.reclaim()  # what a holder that has just become idle does
         assert preempted == ["a", "b"]
-        await trio.sleep(0.02)
+        let_go["b"].set()
+        await trio.testing.wait_all_tasks_blocked()
         assert order == ["a", "b", "c", "d"]
-        leave["c"].set()
-        leave["d"].set()
+        for name in ("c", "d"):
+            asked[name].set()
+            let_go[name].set()
     assert slots.free == 2 and slots.preempted == 2
 
 
-async def test_one_preemption_per_waiter():
+
+async def test_only_urgent_waiters_preempt_and_once_each():
     slots = Slots(2)
-    leave = [trio.Event() for _ in range(3)]
-    preempted: list[int] = []
+    asked = [trio.Event() for _ in range(3)]
+    let_go = trio.Event()
+    urgent = [False, False, False]
 
     async def holder(i: int) -> None:
-        def preempt() -> None:
-            preempted.append(i)
-            leave[i].set()
-
-        async with slots.hold(lambda: False, idle=lambda: i < 2, preempt=preempt):
-            await leave[i].wait()
-            await trio.sleep(0.01)
+        async with slots.hold(lambda: urgent[i], idle=lambda: i < 2, preempt=asked[i].set):
+            await asked[i].wait()
+            await let_go.wait()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(holder, 0)
         nursery.start_soon(holder, 1)
         await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(holder, 2)
+        nursery.start_soon(holder, 2)  # a background transfer: idle holders keep lingering
         await trio.testing.wait_all_tasks_blocked()
+        assert slots.queued == 1 and slots.preempted == 0
+        urgent[2] = True  # someone opened it
+        slots.reclaim()
         slots.reclaim()  # again, while the slot is on its way: still one
-        assert len(preempted) == 1
-        leave[2].set()
+        assert sum(a.is_set() for a in asked) == 1 and slots.preempted == 1
+        for event in asked:
+            event.set()
+        let_go.set()
     assert slots.free == 2
