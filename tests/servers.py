@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sysconfig
 import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,3 +343,90 @@ def s3_bucket(seaweedfs: SeaweedFS) -> S3Bucket:
     if not seaweedfs.running:
         pytest.fail(f"the session's SeaweedFS has died:\n{seaweedfs.log_tail()}")
     return S3Bucket(seaweedfs, seaweedfs.new_bucket())
+
+
+class FaultyLink:
+    """A TCP forwarder on loopback in front of a real server, for store faults: `down()`
+    refuses connections (the port closed, as a stopped server's), `up()` listens on
+    the same port again, `stall()` keeps connections open but stops forwarding (a
+    store that hangs mid-transfer), `flow()` lets bytes through again."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self._listener: socket.socket | None = None
+        self.port = 0
+        self._stalled = threading.Event()
+        self._closing = threading.Event()
+        self.up()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def up(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((HOST, self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # shutdown() first: a close() alone leaves the thread blocked in accept()
+            # holding the socket, which then still accepts connections.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+
+    def stall(self) -> None:
+        self._stalled.set()
+
+    def flow(self) -> None:
+        self._stalled.clear()
+
+    def close(self) -> None:
+        self._closing.set()
+        self.down()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # down()
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        source.settimeout(0.2)
+        try:
+            while not self._closing.is_set():
+                if self._stalled.is_set():
+                    time.sleep(0.05)
+                    continue
+                try:
+                    data = source.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()

@@ -69,6 +69,15 @@ class Archive:
 
 
 @dataclass(frozen=True)
+class ArchiveBacklog:
+    pending: int  # to be uploaded
+    retrying: int  # of those, the ones whose last upload failed
+    conflicts: int
+    lost: int  # the PBX no longer has them and the archive never got them
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class Recording:
     ino: int
     day: str
@@ -300,7 +309,7 @@ class Catalog:
                                (ino,)).fetchone()
         return row[0] if row else 0
 
-    def archive_backlog(self) -> dict[str, object]:
+    def archive_backlog(self) -> ArchiveBacklog:
         """What status and metrics show of the archive: counts from partial indexes,
         never a scan of the recordings."""
         pending, failing = self._db.execute(
@@ -312,8 +321,7 @@ class Catalog:
         last = self._db.execute(
             "SELECT archive_error FROM recordings WHERE archive = 'pending' AND "
             "archive_error IS NOT NULL ORDER BY archive_next DESC LIMIT 1").fetchone()
-        return {"pending": pending, "retrying": failing, "conflicts": conflicts, "lost": lost,
-                "last_error": last[0] if last else None}
+        return ArchiveBacklog(pending, failing, conflicts, lost, last[0] if last else None)
 
     def not_archived(self, after_ino: int = 0, limit: int = 256) -> list[Recording]:
         """Every recording not in the archive, in inode order (`recfs archive`)."""

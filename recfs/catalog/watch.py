@@ -22,20 +22,28 @@ class CatalogWatch:
     def __init__(self, catalog: Catalog, interval: float = INTERVAL):
         self.catalog = catalog
         self.interval = interval
-        self._poked = trio.Event()
+        self._followers: set[trio.Event] = set()  # one per follow(): each is woken
 
     def poke(self) -> None:
-        self._poked.set()
+        for poked in self._followers:
+            poked.set()
 
     async def follow(self, changed: Callable[[], None]) -> None:
         """Call *changed* after every change of the catalog (coalesced); runs until
-        cancelled."""
+        cancelled. Any number may follow (the tree, the archiver)."""
         seen = self.catalog.data_version()
-        while True:
-            with trio.move_on_after(self.interval):
-                await self._poked.wait()
-            self._poked = trio.Event()
-            version = self.catalog.data_version()
-            if version != seen:
-                seen = version
-                changed()
+        poked = trio.Event()
+        self._followers.add(poked)
+        try:
+            while True:
+                with trio.move_on_after(self.interval):
+                    await poked.wait()
+                self._followers.discard(poked)
+                poked = trio.Event()
+                self._followers.add(poked)
+                version = self.catalog.data_version()
+                if version != seen:
+                    seen = version
+                    changed()
+        finally:
+            self._followers.discard(poked)

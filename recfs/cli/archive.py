@@ -41,6 +41,7 @@ import argparse
 import hashlib
 import logging
 import os
+import sqlite3
 import sys
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -55,24 +56,22 @@ from recfs.archive import ArchiveError, ArchiveStore, NotInArchive, PutOutcome, 
 from recfs.catalog.database import Archive, Catalog, Recording
 from recfs.logs import redact, setup_logging
 from recfs.pbx.client import LoginDeferred, PbxClient
-from recfs.pbx.errors import BAD_CREDENTIALS, LOCKED_OUT, NO_SUCH_FILE, PbxError
+from recfs.pbx.errors import BAD_CREDENTIALS, FILE_GONE, LOCKED_OUT, PbxError
 from recfs.progress import NoProgress, Progress, terminal_progress
 from recfs.service.config import MountOptions, OptionError, build_options, split_options
 from recfs.service.parts import PbxParts, open_pbx
+from recfs.content.archiver import fd_sha256, metadata_of
 
 log = logging.getLogger("recfs.archive")
 
 T = TypeVar("T")
 
-# The PBX's answers for "no such recording": S-Series, and K2/S1000-era firmware.
-GONE_ERRNOS = frozenset({NO_SUCH_FILE, "20014"})
 # Pauses between tries of a store request that failed for a temporary reason.
 STORE_PAUSES = (1.0, 2.0, 4.0)
 # Recordings in a row that failed for the same source's sake before the pass stops.
 STOP_AFTER = 5
 SHOWN = 20  # names listed per kind of problem
 BATCH = 256  # recordings read from the catalog at a time
-HASH_CHUNK = 1 << 20
 MiB = 1024 * 1024
 
 
@@ -200,27 +199,9 @@ class VerifySummary:
 
 # -- helpers --------------------------------------------------------------------------
 
-def metadata_of(rec: Recording) -> dict[str, str]:
-    """The CDR fields stored with the object (the SHA-256 is the store's own)."""
-    call = rec.call
-    fields = {"callid": call.callid, "caller": call.caller, "callee": call.callee,
-              "type": call.type, "timestart": call.timestart}
-    return {key: value for key, value in fields.items() if value}
-
-
 def _text(exc: BaseException) -> str:
     """An error as one line for the terminal, with any secret starred out."""
     return redact(" ".join(str(exc).split()) or type(exc).__name__)
-
-
-def _hash_fd(fd: int) -> tuple[int, str]:
-    """(size, SHA-256) of an open file, read from its start; blocking."""
-    digest = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, HASH_CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    return offset, digest.hexdigest()
 
 
 def _fd_path(fd: int) -> str:
@@ -391,6 +372,8 @@ class Uploader:
                 await self._archive(rec)
         except _Lost:
             self.summary.lost.add(rec.name)
+        except sqlite3.Error as exc:  # from the writer: the catalog cannot take writes
+            raise _Stop(f"cannot write the catalog: {exc}") from None
         except _Failed as exc:
             self.summary.failed.add(f"{rec.name}: {exc}")
             self._advance()
@@ -472,7 +455,7 @@ class Uploader:
                         exc.strerror)
             return None
         try:
-            size, sha256 = await trio.to_thread.run_sync(_hash_fd, fd)
+            size, sha256 = await trio.to_thread.run_sync(fd_sha256, fd)
         except OSError as exc:
             os.close(fd)
             log.warning("cannot read the cached %s (%s): fetching it from the PBX", rec.name,
@@ -494,7 +477,7 @@ class Uploader:
                 try:
                     content = await self._download(rec)
                 except PbxError as exc:
-                    if exc.errno in GONE_ERRNOS:
+                    if exc.errno in FILE_GONE:
                         self.pbx_breaker.ok()
                         await self.writer.set_lost(rec.ino)
                         raise _Lost() from None

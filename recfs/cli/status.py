@@ -62,6 +62,13 @@ def render(status: dict[str, Any]) -> str:
         f"  errors (1 h):  {status['errors_last_hour']}",
     ]
     lines += [f"    {message}" for message in status["recent_errors"]]
+    archive = status.get("archive")
+    if archive:
+        lines.append(f"  archive:       {archive['url']}: {archive['pending']} to upload "
+                     f"({archive['retrying']} retrying), {archive['conflicts']} conflicts, "
+                     f"{archive['lost']} lost on the PBX, {archive['uploaded']} uploaded")
+        if archive.get("last_error"):
+            lines.append(f"    last error: {archive['last_error']}")
     catalog = status.get("catalog") or {}
     if catalog.get("failed_commits"):
         lines.append(f"  catalog:       {catalog['failed_commits']} commit(s) failed, last: "

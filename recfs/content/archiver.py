@@ -35,7 +35,7 @@ log = logging.getLogger("recfs.archive")
 # Seconds between two looks at the queue when nothing pokes the archiver (retries
 # that came due, another process's changes).
 RECHECK = 30.0
-FIRST_PAUSE = 30.0
+FIRST_PAUSE = 10.0
 MAX_PAUSE = 3600.0
 _HASH_CHUNK = 1 << 20
 
@@ -58,15 +58,23 @@ def metadata_of(rec: Recording) -> dict[str, str]:
     return {key: value for key, value in fields.items() if value}
 
 
-def file_sha256(path: str | os.PathLike[str]) -> tuple[int, str]:
-    """(size, SHA-256) of a file; blocking: run it in a thread."""
+def fd_sha256(fd: int) -> tuple[int, str]:
+    """(size, SHA-256) of an open file, read from its start; blocking: run it in a
+    thread."""
     digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+    offset = 0
+    while chunk := os.pread(fd, _HASH_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return offset, digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> tuple[int, str]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd_sha256(fd)
+    finally:
+        os.close(fd)
 
 
 class Archiver:
@@ -123,7 +131,7 @@ class Archiver:
         key = self.key(rec)
         self.cache.pin(rec.ino)  # the bytes to upload stay where they are meanwhile
         try:
-            outcome = await self.store.put(key, self.cache.complete_path(rec.ino),
+            outcome = await self.store.put(key, str(self.cache.complete_path(rec.ino)),
                                            sha256=rec.sha256, size=rec.size,
                                            metadata=metadata_of(rec))
         except ArchiveError as exc:

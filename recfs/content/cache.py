@@ -28,6 +28,7 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -92,8 +93,16 @@ def resolve_size(text: str | None, root: Path, default_percent: float) -> int:
 
 class DiskCache:
     def __init__(self, root: Path | str, *, max_bytes: int | None = None,
-                 min_free: int = 0, index_path: Path | str | None = None):
+                 min_free: int = 0, index_path: Path | str | None = None,
+                 may_evict: Callable[[int], bool] = lambda ino: True):
+        """*may_evict*(ino): whether a file may go at all (with an archive: only
+        once it is archived, since the cache holds the only copy until then)."""
         self.root = Path(root)
+        self.may_evict = may_evict
+        # An eviction pass found nothing it may delete: the next ones are skipped
+        # until that can have changed (a file completed, unpinned or archived), so a
+        # cache of files in use or not archived yet is not walked at every write.
+        self._nothing_to_evict = False
         self.complete_dir = self.root / "complete"
         self.partial_dir = self.root / "partial"
         self.complete_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +199,11 @@ class DiskCache:
             self.pinned[ino] = count
         else:
             self.pinned.pop(ino, None)
+            self._nothing_to_evict = False
+
+    def evictable_changed(self) -> None:
+        """A file may be evictable now that was not (it was archived)."""
+        self._nothing_to_evict = False
 
     def _touch(self, ino: int, size: int) -> None:
         now = time.time()
@@ -280,14 +294,17 @@ class DiskCache:
         now = time.monotonic()
         if now - self._last_overshoot_report >= _OVERSHOOT_REPORT_INTERVAL:
             self._last_overshoot_report = now
-            log.warning("cache is %.1f MiB over its limit of %.1f MiB: the rest is in use "
-                        "(%d open files, %.1f MiB of downloads in flight)", over / 2**20,
+            log.warning("cache is %.1f MiB over its limit of %.1f MiB: the rest is in use or "
+                        "not archived yet (%d open files, %.1f MiB of downloads in flight)",
+                        over / 2**20,
                         (self.max_bytes or 0) / 2**20, len(self.pinned), self.partial_bytes / 2**20)
 
     def _evict(self, need: int, reason: str) -> int:
         """Delete least recently used complete files nobody has open, until *need*
         bytes are freed or nothing is left; returns the bytes freed."""
         freed = 0
+        if self._nothing_to_evict:
+            return 0
         cursor = (-1.0, -1)
         while freed < need:
             rows = self._db.execute(
@@ -297,7 +314,7 @@ class DiskCache:
                 break
             cursor = tuple(rows[-1])
             for _access, ino in rows:
-                if ino in self.pinned:
+                if ino in self.pinned or not self.may_evict(ino):
                     continue
                 gone = self._remove(ino)
                 freed += gone
@@ -307,6 +324,8 @@ class DiskCache:
                     break
         if freed:
             self._free_estimate = None  # files went: look again next time
+        else:
+            self._nothing_to_evict = True
         return freed
 
     async def commit(self, ino: int, fd: int, size: int) -> None:
@@ -326,6 +345,7 @@ class DiskCache:
             log.warning("cache index: %s", exc)  # the file is good; reconcile() adopts it
         self.complete_bytes += size
         self.complete_files += 1
+        self._nothing_to_evict = False
 
     def discard_partial(self, ino: int, written: int) -> None:
         self.partial_path(ino).unlink(missing_ok=True)

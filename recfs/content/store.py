@@ -1,4 +1,13 @@
-"""The content layer: bytes of recordings, from the cache or from the PBX.
+"""The content layer: bytes of recordings, from the cache, the archive or the PBX.
+
+A recording that is archived is read from the archive (the PBX is not asked); the
+bytes are checked against the catalog's size and SHA-256 before the file enters the
+cache, and an archive copy that fails that (or is missing, or the store is down) is
+not used again for a while: the next read asks the PBX, if it still has the file.
+A recording the PBX no longer has and the archive never got is *lost*: marked so in
+the catalog, and its reads fail at once. Every download from the PBX is hashed as it
+arrives, and the catalog learns size and SHA-256 together (with an archive, that
+queues its upload: archiver.py).
 
 One Transfer per recording at a time, shared by every reader and the prefetcher;
 reads wait only for the bytes they need; a finished file is checked against its
@@ -20,24 +29,28 @@ no Range: there is nothing to resume).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 from cachetools import LRUCache, TTLCache
 
-from recfs.catalog.database import Catalog, Recording
+from recfs.archive import ArchiveError, ArchiveStore, key_for
+from recfs.catalog.database import Archive, Catalog, Recording
 from recfs.catalog.writer import CatalogWriter
 from recfs.content.cache import CacheFull, DiskCache
 from recfs.content.readahead import ReadAhead
 from recfs.content.slots import Slots
-from recfs.content.transfer import Interest, Transfer, TransferFailed
+from recfs.content.transfer import Interest, RecordingLost, Transfer, TransferFailed
 from recfs.pbx.client import PbxClient
-from recfs.pbx.errors import BAD_CREDENTIALS, LOCKED_OUT, NO_SUCH_FILE, PbxError
+from recfs.pbx.errors import BAD_CREDENTIALS, FILE_GONE, LOCKED_OUT, PbxError
 
 log = logging.getLogger("recfs.content")
 
@@ -88,12 +101,21 @@ class DownloadPolicy:
 class ContentStore:
     def __init__(self, catalog: Catalog, cache: DiskCache, client: PbxClient,
                  writer: CatalogWriter, policy: DownloadPolicy | None = None,
-                 observe_download: Callable[[float], None] = lambda seconds: None):
-        """*observe_download* is given each completed download's duration (metrics)."""
+                 observe_download: Callable[[float], None] = lambda seconds: None, *,
+                 archive: ArchiveStore | None = None, pbx: str = ""):
+        """*observe_download* is given each completed download's duration (metrics);
+        *archive*: where archived recordings are read from (*pbx*: this PBX's part
+        of the keys in a mount of several)."""
         self.catalog = catalog
         self.cache = cache
         self.client = client
         self.writer = writer
+        self.archive = archive
+        self.pbx = pbx
+        # ino → True: its archive copy failed (wrong bytes, missing, store down);
+        # reads go to the PBX until this expires.
+        self._archive_bad: TTLCache[int, bool] = TTLCache(
+            maxsize=4096, ttl=ARCHIVE_BAD_MEMORY, timer=time.monotonic)
         self.policy = policy or DownloadPolicy()
         self.observe_download = observe_download
         self.slots = Slots(self.policy.max_downloads)
@@ -178,7 +200,15 @@ class ContentStore:
             return failed
         if self._nursery is None:
             raise RuntimeError("ContentStore.run() is not running")
-        transfer = Transfer(rec.ino, rec.name, rec.size, self.cache.create_partial(rec.ino))
+        archive_key = None
+        if self.archive is not None and rec.archive == Archive.ARCHIVED \
+                and rec.ino not in self._archive_bad:
+            archive_key = key_for(rec.day, rec.name, self.archive.prefix, self.pbx)
+        elif rec.lost:
+            raise RecordingLost(f"{rec.name}: the PBX no longer has it, and it was never archived")
+        transfer = Transfer(rec.ino, rec.name, rec.size, self.cache.create_partial(rec.ino),
+                            archive_key=archive_key,
+                            sha256=rec.sha256 if archive_key is not None else None)
         self.transfers[rec.ino] = transfer
         self._nursery.start_soon(self._download, transfer)
         return transfer
@@ -286,7 +316,7 @@ class ContentStore:
                         finally:
                             transfer.holding_slot = False
                     break
-                except (PbxError, TransferFailed) as exc:
+                except (PbxError, TransferFailed, ArchiveError) as exc:
                     if transfer.have > had:
                         attempt = 1
                     final = attempt >= self.policy.attempts or not _retryable(exc)
@@ -301,13 +331,23 @@ class ContentStore:
                     await trio.sleep(self.policy.backoff * 2 ** (attempt - 1))
             assert transfer.size is not None
             await self.cache.commit(transfer.ino, transfer.fd, transfer.size)
-        except (PbxError, TransferFailed, OSError) as exc:
+        except (PbxError, TransferFailed, ArchiveError, OSError) as exc:
             if transfer.stopped:
                 return  # whatever broke on the way out: _stop has cleaned up
             self.stats.downloads_failed += 1
             self.cache.discard_partial(transfer.ino, transfer.have)
             if isinstance(exc, CacheFull):
                 log.warning("download of %s failed: %s", transfer.name, exc.strerror)
+            if transfer.archive_key is not None:
+                # Not remembered as a failure: the next read asks the PBX at once.
+                self._archive_bad[transfer.ino] = True
+                transfer.fail(TransferFailed(f"archive copy {transfer.archive_key}: {exc}"))
+                return
+            if isinstance(exc, PbxError) and exc.errno in FILE_GONE:
+                exc = RecordingLost(f"{transfer.name}: the PBX no longer has it (errno "
+                                    f"{exc.errno}), and it was never archived")
+                log.warning("%s", exc)
+                self._nursery_or_none_start(self._mark_lost, transfer.ino)
             self._failed[transfer.ino] = transfer
             transfer.fail(exc)
         except BaseException as exc:  # stopped, cancelled at unmount, or a bug
@@ -322,16 +362,46 @@ class ContentStore:
             self.observe_download(trio.current_time() - started)
             self._size_learned(transfer)  # if it was learned only now, at the end
             await transfer.size_recorded.wait()
-            log.info("cached %s (%d bytes)", transfer.name, transfer.size)
+            if transfer.archive_key is None:
+                await self._record_content(transfer)
+            log.info("cached %s (%d bytes) from %s", transfer.name, transfer.size,
+                     "the archive" if transfer.archive_key is not None else "the PBX")
         finally:
             os.close(transfer.fd)
             if self.transfers.get(transfer.ino) is transfer:
                 del self.transfers[transfer.ino]
 
+    def _nursery_or_none_start(self, task: Callable[[int], Awaitable[None]], ino: int) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(task, ino)
+
+    async def _mark_lost(self, ino: int) -> None:
+        try:
+            await self.writer.set_lost(ino)
+        except Exception as exc:  # found again by the next read
+            log.warning("could not mark a lost recording in the catalog: %s", exc)
+
+    async def _record_content(self, transfer: Transfer) -> None:
+        """What was verified: size and SHA-256 (and, with an archive, an upload)."""
+        assert transfer.size is not None and transfer.sha256 is not None
+        try:
+            await self.writer.set_content(transfer.ino, transfer.size, transfer.sha256,
+                                          archive=self.archive is not None)
+        except Exception as exc:  # the file is good; the next download records it
+            log.warning("SHA-256 of %s not recorded: %s", transfer.name, exc)
+
+    def _source(self, transfer: Transfer) -> AbstractAsyncContextManager[Body]:
+        if transfer.archive_key is not None and self.archive is not None:
+            return self.archive.get(transfer.archive_key)
+        return self.client.download(transfer.name)
+
     async def _fetch_once(self, transfer: Transfer) -> None:
-        """One handshake and one body. Bytes already on disk from an earlier attempt
-        are skipped, not rewritten: the PBX has no Range, so they are read and dropped."""
-        async with self.client.download(transfer.name) as body:
+        """One handshake (or object GET) and one body. Bytes already on disk from an
+        earlier attempt are skipped, not rewritten: the PBX has no Range, so they are
+        read and dropped (and hashed: every attempt hashes the whole body)."""
+        digest = hashlib.sha256()
+        verify = transfer.expected_sha256 is not None
+        async with self._source(transfer) as body:
             announced = body.announced_size
             if announced is not None:
                 if transfer.size is None:
@@ -347,13 +417,16 @@ class ContentStore:
                 end = position + len(chunk)
                 if transfer.stopped:
                     return end  # the partial file is not ours any more; cancelled next
+                digest.update(chunk)
                 if transfer.size is not None and end > transfer.size:
                     raise TransferFailed(f"PBX sent more than the announced {transfer.size} bytes")
                 if end > skip:
                     start = max(position, skip)
                     self.cache.write(transfer.fd, memoryview(chunk)[start - position:], start)
                     self.stats.bytes_downloaded += end - start
-                    transfer.arrived(end)
+                    # From the archive, the last byte waits for the SHA-256: a reader
+                    # of wrong bytes gets EIO before the end of the file.
+                    transfer.arrived(end if not verify or end < (transfer.size or 0) else end - 1)
                 return end
 
             position = take(body.head, 0)
@@ -367,6 +440,15 @@ class ContentStore:
                 transfer.announce_size(position)
             if position != transfer.size:
                 raise TransferFailed(f"body ended after {position} of {transfer.size} bytes")
+        transfer.sha256 = digest.hexdigest()
+        if transfer.expected_sha256 is not None and transfer.sha256 != transfer.expected_sha256:
+            log.error("archive object %s of %s has other bytes than were archived (SHA-256 %s, "
+                      "catalog %s): not cached; the next read asks the PBX",
+                      transfer.archive_key, transfer.name, transfer.sha256,
+                      transfer.expected_sha256)
+            raise ArchiveMismatch(f"SHA-256 {transfer.sha256} instead of {transfer.expected_sha256}")
+        if verify:
+            transfer.arrived(position)
 
     async def _prefetch_worker(self) -> None:
         async for rec in self._prefetch_receive:
@@ -385,16 +467,37 @@ class ContentStore:
         return transfer.complete
 
 
+class ArchiveMismatch(TransferFailed):
+    """An archive object whose bytes are not the recording's: never cached."""
+
+
+class Body(Protocol):
+    """A download in progress, from the PBX (RecordingBody) or the archive."""
+
+    @property
+    def announced_size(self) -> int | None: ...
+
+    head: bytes
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+# Seconds an archive copy that failed is not used again (reads go to the PBX).
+ARCHIVE_BAD_MEMORY = 60.0
+
 # Errnos that will be the same on every try. Any other errno may be about the random
 # (expired, already used: their numbers are undocumented) and deserves a fresh
 # handshake, as pbx-api.md says: "on any failure start over with a fresh one".
-FINAL_ERRNOS = frozenset({NO_SUCH_FILE, BAD_CREDENTIALS, LOCKED_OUT, "10003", "20000", "20001"})
+FINAL_ERRNOS = frozenset({*FILE_GONE, BAD_CREDENTIALS, LOCKED_OUT, "10003", "20000", "20001"})
 
 
 def _retryable(error: Exception) -> bool:
-    # A full cache stays full; a missing file stays missing.
-    if isinstance(error, CacheFull):
+    # A full cache stays full; a missing file stays missing; wrong bytes in the
+    # archive stay wrong (the next transfer asks the PBX).
+    if isinstance(error, (CacheFull, ArchiveMismatch)):
         return False
+    if isinstance(error, ArchiveError):
+        return error.temporary
     return not (isinstance(error, PbxError) and error.errno in FINAL_ERRNOS)
 
 

@@ -22,6 +22,11 @@ class TransferFailed(Exception):
     """The download gave up; every read waiting on it gets EIO."""
 
 
+class RecordingLost(TransferFailed):
+    """The PBX no longer has the recording, and the archive has no copy: reads fail
+    at once (ENODATA), with no handshake."""
+
+
 class Interest(enum.Enum):
     READ = "readers"  # an open file: wants the bytes
     SIZE = "sizers"  # a stat: wants the size, then nothing more
@@ -29,9 +34,15 @@ class Interest(enum.Enum):
 
 
 class Transfer:
-    def __init__(self, ino: int, name: str, size: int | None, fd: int):
+    def __init__(self, ino: int, name: str, size: int | None, fd: int, *,
+                 archive_key: str | None = None, sha256: str | None = None):
+        """*archive_key*: read from the archive (under that key) instead of the PBX;
+        *sha256*: what the bytes must hash to (known for an archived recording)."""
         self.ino = ino
         self.name = name
+        self.archive_key = archive_key
+        self.expected_sha256 = sha256
+        self.sha256: str | None = None  # of the bytes of the attempt that completed
         self.size = size  # known from the catalog, Content-Length or the WAV header
         self.fd = fd  # the partial file, written with pwrite by the download task only
         self.have = 0  # bytes [0, have) are on disk
@@ -135,6 +146,8 @@ class Transfer:
     # -- the readers' side ------------------------------------------------------
 
     def raise_if_failed(self) -> None:
+        if isinstance(self.error, RecordingLost):
+            raise self.error  # its own kind: the reader answers ENODATA, not EIO
         if self.error is not None:
             raise TransferFailed(f"download of {self.name} failed: {self.error}") from self.error
 

@@ -19,12 +19,15 @@ ERRNO_TEXT: dict[str, str] = {
     "20006": "token timed out",
     "20007": "data blank",
     "20008": "wrong port",
+    "20014": "recording file does not exist",  # K2/S1000-era firmware
 }
 
 TOKEN_ERRNOS = frozenset({"20004", "20005", "20006"})
 LOCKED_OUT = "20002"
 BAD_CREDENTIALS = "20003"
 NO_SUCH_FILE = "10023"
+# Every answer that means "the PBX no longer has the file" (auto-cleanup deleted it).
+FILE_GONE = frozenset({NO_SUCH_FILE, "20014"})
 # The simulator's answer to a random that is unknown, used, expired or bound to
 # another file. The real number is undocumented; clients treat any errno alike.
 SIM_BAD_RANDOM = "10024"

@@ -125,6 +125,23 @@ class _StateCollector(Collector):
             add(gauge, "recfs_cache_limit_bytes", "The cache's size cap (0: none)",
                 cache.max_bytes or 0, pbx)
             add(gauge, "recfs_recordings", "Recordings in the catalog", s.catalog.count(), pbx)
+            if s.archiver is not None:
+                backlog = s.catalog.archive_backlog()
+                archived = s.archiver.stats
+                add(gauge, "recfs_archive_pending", "Recordings waiting for their upload",
+                    backlog.pending, pbx)
+                add(gauge, "recfs_archive_conflicts", "Recordings whose key holds other bytes",
+                    backlog.conflicts, pbx)
+                add(gauge, "recfs_recordings_lost", "Recordings the PBX no longer has and the "
+                    "archive never got", backlog.lost, pbx)
+                add(counter, "recfs_archive_uploads", "Uploads to the archive, by outcome",
+                    archived.uploaded, pbx, outcome="stored")
+                add(counter, "recfs_archive_uploads", "Uploads to the archive, by outcome",
+                    archived.already_there, pbx, outcome="already_there")
+                add(counter, "recfs_archive_uploads", "Uploads to the archive, by outcome",
+                    archived.failures, pbx, outcome="failed")
+                add(counter, "recfs_archive_upload_bytes", "Bytes uploaded to the archive",
+                    archived.uploaded_bytes, pbx)
             for task, health in s.tasks.health.items():
                 add(counter, "recfs_task_failures", "Failures of background tasks (each one "
                     "restarted)", health.failures, pbx, task=task)

@@ -109,6 +109,8 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
             mount_tasks.start(nursery, "report receiver", _serving(
                 "for PBX reports", sock, lambda s: serve_reports(router, s, stop_servers)))
             await contact_all(services)  # wrong configuration: MountError; PBX down: mount
+            for svc in services:
+                await svc.check_archive()  # likewise
             if metrics_sock is not None:
                 mount_tasks.start(nursery, "metrics endpoint", _serving(
                     "for metrics", metrics_sock, lambda s: serve_metrics(metrics, s, stop_servers)))
@@ -136,6 +138,7 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
                 async with trio.open_nursery() as farewells:
                     for svc in services:
                         farewells.start_soon(svc.log_out)
+                        farewells.start_soon(svc.close_archive)
     finally:
         for svc in services:
             svc.close()

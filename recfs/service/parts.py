@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from recfs.archive import ArchiveError, ArchiveStore, open_store
 from recfs.catalog.database import Catalog
 from recfs.catalog.watch import CatalogWatch
 from recfs.catalog.writer import CatalogWriter
@@ -17,7 +18,7 @@ from recfs.ingest.gate import load_secret
 from recfs.pbx.client import PbxClient, ReportTarget
 from recfs.pbx.clock import META_KEY as OFFSET_KEY, PbxClock
 from recfs.pbx.tls import parse_fingerprint, verification
-from recfs.service.config import MountOptions, report_target_fields
+from recfs.service.config import MountOptions, OptionError, report_target_fields
 
 log = logging.getLogger("recfs.service")
 
@@ -57,6 +58,20 @@ def open_pbx(opts: MountOptions, name: str, report_port: int) -> PbxParts:
     )
     return PbxParts(catalog, watch, CatalogWriter(catalog, watch),
                     PbxClock(_stored_offset(catalog)), client, secret)
+
+
+def open_archive(opts: MountOptions) -> ArchiveStore | None:
+    """The archive the options name (nothing is contacted yet: check() does that),
+    or None without `archive=`; OptionError naming the option to fix."""
+    if not opts.archive:
+        return None
+    try:
+        return open_store(opts.archive, endpoint=opts.archive_endpoint,
+                          credentials=opts.archive_credentials, profile=opts.archive_profile,
+                          region=opts.archive_region, io_timeout=opts.io_timeout,
+                          max_uploads=opts.max_uploads)
+    except ArchiveError as exc:
+        raise OptionError(str(exc)) from None
 
 
 def _stored_offset(catalog: Catalog) -> int | None:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 import trio
 
-from recfs.catalog.database import Recording
+from recfs.archive import ArchiveError
+from recfs.catalog.database import Archive, Recording
+from recfs.content.archiver import Archiver
 from recfs.content.cache import DiskCache, resolve_size
 from recfs.content.prefetch import PrefetchAll
 from recfs.content.store import ContentStore, DownloadPolicy
@@ -26,7 +29,8 @@ from recfs.logs import recent_problems
 from recfs.pbx.session import keep_session
 from recfs.service.config import MountOptions
 from recfs.service.metrics import Observers
-from recfs.service.parts import open_pbx
+from recfs.service.mountpoint import ConfigurationError
+from recfs.service.parts import open_archive, open_pbx
 from recfs.service.status import StatusSources
 from recfs.service.supervise import Supervisor
 from recfs.vfs.core import Owner, RecordingsFs
@@ -44,20 +48,25 @@ class PbxService:
         parts = open_pbx(opts, name, report_port)
         self.catalog, self.watch, self.writer = parts.catalog, parts.watch, parts.writer
         self.clock, self.client, self.secret = parts.clock, parts.client, parts.secret
-        self.cache = _open_cache(opts)
+        self.archive = open_archive(opts)
+        self.cache = _open_cache(opts, self._may_evict if self.archive is not None else None)
         self.gate = ReportGate(self.secret,
                                parse_networks(opts.report_from) if opts.report_from else None,
                                opts.source)
         self.content = ContentStore(self.catalog, self.cache, self.client, self.writer,
                                     DownloadPolicy(max_downloads=opts.max_downloads,
                                                    readahead=opts.readahead),
-                                    observe_download=observe.download)
+                                    observe_download=observe.download,
+                                    archive=self.archive, pbx=name)
+        self.archiver = None if self.archive is None else Archiver(
+            self.catalog, self.cache, self.writer, self.archive, self.content.fetch, pbx=name,
+            max_uploads=opts.max_uploads)
         prefetch_new = opts.prefetch in ("new", "all")
         self.ingest = Ingest(self.writer, self.clock,
                              on_new=self.content.prefetch if prefetch_new else _ignore)
         self.tasks = Supervisor(name)
         self.status = StatusSources(opts.source, opts.mountpoint, self.client, self.ingest,
-                                    self.content, self.catalog, self.writer, self.tasks, mount_tasks,
+                                    self.content, self.catalog, self.writer, self.archiver, self.tasks, mount_tasks,
                                     recent_problems, time.time())
         self.fs = RecordingsFs(self.catalog, self.content, owner, views=opts.views == "all",
                                top=name, status=self.status.snapshot,
@@ -65,6 +74,25 @@ class PbxService:
         self.backfill = BackfillKeeper(Backfill(self.client, self.ingest.add_calls), self.client,
                                        self.clock, lambda: self.catalog.meta("last_seen"),
                                        opts.backfill_interval)
+
+    def _may_evict(self, ino: int) -> bool:
+        """With an archive, the cache holds the only copy of a recording until it is
+        archived: only archived ones may go."""
+        rec = self.catalog.by_ino(ino)
+        return rec is None or rec.archive == Archive.ARCHIVED
+
+    async def check_archive(self) -> None:
+        """At start: a store that refuses the configuration fails the mount; one that
+        is down does not (the mount serves cache and PBX, and archives later)."""
+        if self.archive is None:
+            return
+        try:
+            await self.archive.check()
+        except ArchiveError as exc:
+            if not exc.temporary:
+                raise ConfigurationError(f"{self.opts.source}: archive {self.archive.url}: {exc}")
+            log.warning("archive %s not reachable (%s): recordings are kept in the cache and "
+                        "archived once it is back", self.archive.url, exc)
 
     def report_app(self) -> ReportApp:
         return ReportApp(self.ingest.report, self.gate)
@@ -94,6 +122,10 @@ class PbxService:
         start("tree", functools.partial(self.watch.follow, self.fs.refresh))
         start("report sources", functools.partial(_follow_source_address, self.gate))
         start("cache upkeep", self.cache.reconcile)
+        if self.archiver is not None:
+            archiver = self.archiver
+            start("archive", archiver.run)
+            start("archive queue", functools.partial(self.watch.follow, archiver.poke))
         if self.opts.prefetch == "all":
             from recfs.progress import terminal_progress  # a bar only when stderr is a terminal
             start("prefetch", PrefetchAll(self.catalog, self.content,
@@ -105,6 +137,10 @@ class PbxService:
                  "%.1f MiB, keeping %.1f MiB free", self.opts.source, self.catalog.count(),
                  self.cache.root, self.cache.complete_files, self.cache.complete_bytes / 2**20,
                  (self.cache.max_bytes or 0) / 2**20, self.cache.min_free / 2**20)
+
+    async def close_archive(self) -> None:
+        if self.archive is not None:
+            await self.archive.aclose()
 
     async def log_out(self) -> None:
         """On the way down (shielded by the caller): the PBX may be gone already."""
@@ -123,14 +159,19 @@ def _ignore(rec: Recording) -> None:
     pass
 
 
-def _open_cache(opts: MountOptions) -> DiskCache:
+def _anything(ino: int) -> bool:
+    return True
+
+
+def _open_cache(opts: MountOptions, may_evict: Callable[[int], bool] | None) -> DiskCache:
     root = opts.resolved_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     # Defaults: a quarter of the cache filesystem, and never less than 5 % of it free.
     max_bytes = resolve_size(opts.cache_size, root, 25)
     min_free = resolve_size(opts.cache_min_free, root, 5)
     return DiskCache(root, max_bytes=max_bytes, min_free=min_free,
-                     index_path=opts.resolved_state_dir() / "cache-index.sqlite")
+                     index_path=opts.resolved_state_dir() / "cache-index.sqlite",
+                     may_evict=may_evict or _anything)
 
 
 async def _follow_source_address(gate: ReportGate) -> None:

@@ -7,11 +7,13 @@ works for any user who may see the mount, without a socket or a PID file.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from recfs.catalog.database import Catalog
 from recfs.catalog.writer import CatalogWriter
+from recfs.content.archiver import Archiver
 from recfs.content.store import ContentStore
 from recfs.ingest.pipeline import Ingest
 from recfs.logs import RecentProblems
@@ -29,6 +31,7 @@ class StatusSources:
     content: ContentStore
     catalog: Catalog
     writer: CatalogWriter
+    archiver: Archiver | None  # None: no archive
     tasks: Supervisor  # the PBX's own background tasks
     mount_tasks: Supervisor  # the mount's: the report receiver, the metrics endpoint
     problems: RecentProblems
@@ -72,6 +75,12 @@ class StatusSources:
                 "queued": content.slots.queued,
                 "completed": content.stats.downloads_completed,
                 "failed": content.stats.downloads_failed,
+            },
+            "archive": None if self.archiver is None else {
+                "url": self.archiver.store.url,
+                **dataclasses.asdict(self.catalog.archive_backlog()),
+                "uploaded": self.archiver.stats.uploaded,
+                "failures": self.archiver.stats.failures,
             },
             "task_failures": {**self.mount_tasks.snapshot(), **self.tasks.snapshot()},
             "errors_last_hour": len(problems),

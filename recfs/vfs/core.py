@@ -21,13 +21,13 @@ from typing import Any
 
 from recfs.catalog.database import Catalog, Recording
 from recfs.content.store import ContentStore, OpenRecording
-from recfs.content.transfer import TransferFailed
+from recfs.content.transfer import RecordingLost, TransferFailed
 from recfs.pbx.errors import PbxError
 from recfs.pbx.names import BadName, check_recording_name
 from recfs.vfs.tree import DirNode, DirTree, Files
 # The root directory's STATUS_XATTR holds the running mount's state as JSON (`recfs
 # status`): it works for every user who can see the mount, through the mount itself.
-from recfs.vfs.xattrs import STATUS_XATTR, XATTR_FIELDS, XATTR_PREFIX
+from recfs.vfs.xattrs import SHA256_XATTR, STATUS_XATTR, XATTR_FIELDS, XATTR_PREFIX
 
 log = logging.getLogger("recfs.vfs")
 
@@ -159,6 +159,8 @@ class RecordingsFs:
     async def _exact_file_attributes(self, rec: Recording) -> Attributes:
         try:
             size = await self.content.size(rec)
+        except RecordingLost:
+            raise FsError(errno.ENODATA) from None  # logged when it was found lost
         except (TransferFailed, PbxError) as exc:
             log.warning("size of %s unknown: %s", rec.name, exc)
             raise FsError(errno.EIO) from None
@@ -270,6 +272,9 @@ class RecordingsFs:
         rec = self._recording(ino)
         try:
             handle = self.content.open(rec)
+        except RecordingLost:
+            # Neither the PBX nor the archive has it: "No data available", at once.
+            raise FsError(errno.ENODATA) from None
         except OSError as exc:
             log.error("cannot open %s: %s", rec.name, exc)
             raise FsError(errno.EIO) from None
@@ -292,6 +297,8 @@ class RecordingsFs:
             data = await handle.read(offset, size)
             self.observe_read(time.monotonic() - started)
             return data
+        except RecordingLost:
+            raise FsError(errno.ENODATA) from None
         except (TransferFailed, PbxError) as exc:
             log.warning("read of %s failed: %s", handle.rec.name, exc)
             raise FsError(errno.EIO) from None
@@ -310,12 +317,17 @@ class RecordingsFs:
         if self.tree.get(ino) is not None:
             return []  # STATUS_XATTR is read by name only
         rec = self._recording(ino)
-        return [XATTR_PREFIX + field for field in XATTR_FIELDS if getattr(rec.call, field)]
+        names = [XATTR_PREFIX + field for field in XATTR_FIELDS if getattr(rec.call, field)]
+        return names + ([SHA256_XATTR] if rec.sha256 else [])
 
     def getxattr(self, ino: int, name: str) -> bytes:
         if ino == self.tree.root_ino and name == STATUS_XATTR:
             return json.dumps(self.status(), sort_keys=True).encode()
-        if self.tree.get(ino) is None and name.startswith(XATTR_PREFIX):
+        if self.tree.get(ino) is None and name == SHA256_XATTR:
+            digest = self._recording(ino).sha256
+            if digest:
+                return digest.encode()
+        elif self.tree.get(ino) is None and name.startswith(XATTR_PREFIX):
             field = name[len(XATTR_PREFIX):]
             if field in XATTR_FIELDS:
                 value = getattr(self._recording(ino).call, field)

@@ -251,3 +251,40 @@ def test_archive_configuration_errors(sim, mount_factory, s3_bucket, tmp_path):
     # Nothing was marked in the catalog by any of them.
     assert catalog_rows(mount)[cdr["recording"]][0] is None
     assert mount.unmount() == 0
+
+
+def test_archive_one_pbx_of_several_without_a_mount(sim, tmp_path):
+    """A catalog filled by `recfs backfill` (no mount at all), in a config of several
+    PBXs: --pbx names the one, and its name is part of every key."""
+    cdrs = [sim.call(duration=1, drop_report=True) for _ in range(2)]
+    password = tmp_path / "password"
+    password.write_text(sim.password + "\n")
+    password.chmod(0o600)
+    root = tmp_path / "archive"
+    root.mkdir()
+    config = tmp_path / "all.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\ncache_dir = "{tmp_path / "cache"}"\n'
+                      f'archive = "file://{root}"\n'
+                      f'[pbx.head]\nsource = "{sim.url}"\nuser = "{sim.user}"\n'
+                      f'password_file = "{password}"\ncafile = "{sim.cafile}"\n'
+                      f'[pbx.other]\nsource = "https://127.0.0.1:{free_port()}"\n'
+                      f'password_file = "{password}"\n')
+    day = cdrs[0]["timestart"][:10]
+    filled = subprocess.run([*RECFS, "backfill", "recfs", "--pbx", "head", "--since", day,
+                             "-o", f"config={config}"], capture_output=True, text=True, timeout=120)
+    assert filled.returncode == 0, filled.stderr
+
+    def archive(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*RECFS, "archive", "recfs", *args, "-o", f"config={config}"],
+                              capture_output=True, text=True, timeout=120)
+
+    unnamed = archive()
+    assert unnamed.returncode == 2 and "--pbx" in unnamed.stderr, unnamed.stderr
+    done = archive("--pbx", "head")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "archive: 2 uploaded" in done.stdout, done.stdout
+    for cdr in cdrs:
+        assert (root / "head" / key_of(cdr)).read_bytes() == sim.recording_bytes(cdr["recording"])
+    checked = archive("--pbx", "head", "--verify")
+    assert checked.returncode == 0 and "verify: 2 ok" in checked.stdout, checked.stdout
+    assert sim.password not in done.stdout + done.stderr + checked.stdout + checked.stderr
