@@ -17,6 +17,7 @@ SHA-256 yet) are adopted once after start: hashed from the cache and queued.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import os
 import time
@@ -92,6 +93,9 @@ class Archiver:
         self.max_uploads = max_uploads
         self.stats = ArchiveStats()
         self._poked = trio.Event()
+        # When the retries this process scheduled come due (time.time(), a heap): the
+        # queue is looked at then, not only every RECHECK seconds.
+        self._retries_due: list[float] = []
 
     def key(self, rec: Recording) -> str:
         return key_for(rec.day, rec.name, self.store.prefix, self.pbx)
@@ -103,9 +107,15 @@ class Archiver:
     async def run(self) -> None:
         await self._adopt_cached()
         while True:
-            due = self.catalog.archive_queue(time.time(), limit=16 * self.max_uploads)
+            now = time.time()
+            due = self.catalog.archive_queue(now, limit=16 * self.max_uploads)
+            while self._retries_due and self._retries_due[0] <= now:
+                heapq.heappop(self._retries_due)  # in `due` (or retried already)
             if not due:
-                with trio.move_on_after(RECHECK):
+                wait = RECHECK
+                if self._retries_due:  # a little late, never early: then it is due
+                    wait = min(wait, self._retries_due[0] - now + 0.1)
+                with trio.move_on_after(wait):
                     await self._poked.wait()
                 self._poked = trio.Event()
                 continue
@@ -163,7 +173,9 @@ class Archiver:
         tries = self._tries(rec.ino)
         pause = min(FIRST_PAUSE * 2 ** tries, MAX_PAUSE)
         log.warning("archiving %s failed: %s; next try in %.0f s", rec.name, error, pause)
-        await self.writer.retry_archive(rec.ino, error, time.time() + pause)
+        next_try = time.time() + pause
+        await self.writer.retry_archive(rec.ino, error, next_try)
+        heapq.heappush(self._retries_due, next_try)
 
     def _tries(self, ino: int) -> int:
         return self.catalog.archive_tries(ino)

@@ -195,17 +195,17 @@ class ContentStore:
         transfer = self.transfers.get(rec.ino)
         if transfer is not None:
             return transfer
-        failed = self._failed.get(rec.ino)
-        if failed is not None:
-            return failed
-        if self._nursery is None:
-            raise RuntimeError("ContentStore.run() is not running")
         archive_key = None
         if self.archive is not None and rec.archive == Archive.ARCHIVED \
                 and rec.ino not in self._archive_bad:
             archive_key = key_for(rec.day, rec.name, self.archive.prefix, self.pbx)
         elif rec.lost:
             raise RecordingLost(f"{rec.name}: the PBX no longer has it, and it was never archived")
+        failed = self._failed.get(rec.ino)
+        if failed is not None:
+            return failed
+        if self._nursery is None:
+            raise RuntimeError("ContentStore.run() is not running")
         transfer = Transfer(rec.ino, rec.name, rec.size, self.cache.create_partial(rec.ino),
                             archive_key=archive_key,
                             sha256=rec.sha256 if archive_key is not None else None)

@@ -104,12 +104,12 @@ def test_read_is_answered_before_the_download_finishes(sim, mounted):
 def test_pbx_error_gives_eio_and_caches_nothing(sim, mounted):
     cdr = sim.call(duration=3)
     path = mounted.wait_file(cdr)
-    sim.faults(download_error="10023")
+    sim.faults(download_error="10003")  # a final errno that is not "no such file"
     with pytest.raises(OSError) as info:
         path.read_bytes()
     assert info.value.errno == errno.EIO
     assert list(mounted.cache_dir.joinpath("complete").iterdir()) == []
-    assert "errno 10023" in mounted.log()
+    assert "errno 10003" in mounted.log()
     sim.clear_faults()
     assert read_after_recovery(path) == sim.recording_bytes(cdr["recording"])
 

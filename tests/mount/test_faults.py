@@ -43,12 +43,20 @@ def test_a_refused_download_is_retried_with_a_fresh_handshake(sim, mounted, errn
     assert stats["get_random"][cdr["recording"]] == 2  # never a reused random
 
 
-def test_no_such_file_is_final(sim, mounted):
+@pytest.mark.parametrize("gone", ["10023", "20014"])
+def test_no_such_file_is_final_and_the_recording_lost(sim, mounted, gone):
+    """The PBX's answer that it no longer has the file (auto-cleanup; 20014 on
+    K2/S1000-era firmware): without an archive copy the recording is lost, its reads
+    fail at once with ENODATA, and the PBX is not asked again."""
     cdr = sim.call(duration=2)
     path = mounted.wait_file(cdr)
-    sim.faults(download_error="10023")
-    expect_eio(path)
+    sim.faults(download_error=gone)
+    for _ in range(2):
+        with pytest.raises(OSError) as info:
+            path.read_bytes()
+        assert info.value.errno == errno.ENODATA
     assert sim.stats()["get_random"][cdr["recording"]] == 1  # no pointless retries
+    assert f"the PBX no longer has it (errno {gone})" in mounted.log()
 
 
 def test_connection_refused_fails_fast_and_recovers(sim, tmp_path):

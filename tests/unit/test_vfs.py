@@ -82,7 +82,7 @@ async def test_concurrent_readers_share_one_download_and_read_before_it_ends(wor
 
 async def test_pbx_error_is_eio_and_caches_nothing(world, tmp_path):
     fs = world
-    pbx = Pbx(wav(1000), error="10023")
+    pbx = Pbx(wav(1000), error="10003")
     with respx.mock as router:
         pbx.install(router)
         rec = await add(fs)
@@ -95,6 +95,26 @@ async def test_pbx_error_is_eio_and_caches_nothing(world, tmp_path):
     assert list((tmp_path / "cache" / "complete").iterdir()) == []
     assert list((tmp_path / "cache" / "partial").iterdir()) == []
     assert fs.catalog.by_ino(rec.ino).size is None
+
+
+async def test_a_file_the_pbx_no_longer_has_is_lost_and_fails_at_once(world):
+    fs = world
+    pbx = Pbx(wav(1000), error="10023")  # audio file does not exist: auto-cleanup
+    with respx.mock as router:
+        pbx.install(router)
+        rec = await add(fs)
+        fh = fs.open(rec.ino, os.O_RDONLY)
+        with pytest.raises(FsError) as info:
+            await fs.read(fh, 0, 100)
+        assert info.value.errno == errno.ENODATA
+        fs.release(fh)
+        with trio.fail_after(5):  # marked by a write of its own
+            while not fs.catalog.by_ino(rec.ino).lost:
+                await trio.sleep(0.01)
+        with pytest.raises(FsError) as again:
+            fs.open(rec.ino, os.O_RDONLY)  # at once: no handshake
+        assert again.value.errno == errno.ENODATA
+        assert pbx.downloads == 1
 
 
 async def test_short_body_is_retried_with_a_fresh_random(world):
