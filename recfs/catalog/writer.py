@@ -108,6 +108,9 @@ class CatalogWriter:
         await self._submit(lambda db: write_lost(db, ino))
 
     async def _submit(self, operation: Operation) -> Any:
+        # A caller cancelled meanwhile (the mount going down) learns that first, not
+        # that the writer has stopped.
+        await trio.lowlevel.checkpoint_if_cancelled()
         if not self._running:
             raise RuntimeError("the catalog writer is not running")
         pending = _Pending(operation)

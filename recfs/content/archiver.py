@@ -105,7 +105,11 @@ class Archiver:
         self._poked.set()
 
     async def run(self) -> None:
-        await self._adopt_cached()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._adopt_cached)  # uploads need not wait for it
+            await self._upload_forever()
+
+    async def _upload_forever(self) -> None:
         while True:
             now = time.time()
             due = self.catalog.archive_queue(now, limit=16 * self.max_uploads)
@@ -152,6 +156,10 @@ class Archiver:
             return
         finally:
             self.cache.unpin(rec.ino)
+        # A put runs to its end in its thread even when the mount is going down; the
+        # catalog writer may be gone by now. Then the recording stays pending, and the
+        # next mount finds the object there already.
+        await trio.lowlevel.checkpoint_if_cancelled()
         if outcome is PutOutcome.CONFLICT:
             self.stats.conflicts += 1
             reason = f"{key} holds other bytes than {rec.name} (SHA-256 {rec.sha256}); not overwritten"
@@ -168,6 +176,7 @@ class Archiver:
         log.debug("archived %s as %s", rec.name, key)
 
     async def _retry(self, rec: Recording, error: str) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()  # as in upload(): unmounting
         self.stats.failures += 1
         self.stats.last_error = error
         tries = self._tries(rec.ino)
@@ -185,28 +194,35 @@ class Archiver:
         it was configured): hashed from the cache, and queued."""
         cursor = 0
         adopted = 0
-        while True:
-            batch = self.catalog.not_archived(cursor)
-            if not batch:
-                break
-            cursor = batch[-1].ino
-            for rec in batch:
-                if rec.archive is not None or not self.cache.is_cached(rec.ino):
-                    continue
-                path = self.cache.complete_path(rec.ino)
-                self.cache.pin(rec.ino)
-                try:
-                    size, sha256 = await trio.to_thread.run_sync(file_sha256, path)
-                except OSError:
-                    continue  # evicted meanwhile: nothing to adopt
-                finally:
-                    self.cache.unpin(rec.ino)
-                if rec.sha256 is not None and rec.sha256 != sha256 or \
-                        rec.size is not None and rec.size != size:
-                    log.warning("cached %s differs from what was verified; not archived",
-                                rec.name)
-                    continue
-                await self.writer.set_content(rec.ino, size, sha256, archive=True)
-                adopted += 1
+        # The catalog writes go together (group commit), not one transaction each.
+        async with trio.open_nursery() as writes:
+            while True:
+                batch = self.catalog.not_archived(cursor)
+                if not batch:
+                    break
+                cursor = batch[-1].ino
+                adopted += await self._adopt(batch, writes)
         if adopted:
             log.info("archive: %d recording(s) from the cache queued for upload", adopted)
+
+    async def _adopt(self, batch: list[Recording], writes: trio.Nursery) -> int:
+        adopted = 0
+        for rec in batch:
+            if rec.archive is not None or not self.cache.is_cached(rec.ino):
+                continue
+            path = self.cache.complete_path(rec.ino)
+            self.cache.pin(rec.ino)
+            try:
+                size, sha256 = await trio.to_thread.run_sync(file_sha256, path)
+            except OSError:
+                continue  # evicted meanwhile: nothing to adopt
+            finally:
+                self.cache.unpin(rec.ino)
+            if rec.sha256 is not None and rec.sha256 != sha256 or \
+                    rec.size is not None and rec.size != size:
+                log.warning("cached %s differs from what was verified; not archived",
+                            rec.name)
+                continue
+            writes.start_soon(self.writer.set_content, rec.ino, size, sha256, True)
+            adopted += 1
+        return adopted

@@ -387,6 +387,8 @@ class DiskCache:
                     forgotten += 1
         if adopted or forgotten:
             log.info("cache index repaired: %d files adopted, %d forgotten", adopted, forgotten)
+        if adopted:
+            self._nothing_to_evict = False  # the adopted files were never asked about
         if self.max_bytes is not None and self.used_bytes > self.max_bytes:
             self._make_room(0)  # a smaller cache_size than last time
 

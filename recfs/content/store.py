@@ -42,7 +42,7 @@ from typing import Protocol
 import trio
 from cachetools import LRUCache, TTLCache
 
-from recfs.archive import ArchiveError, ArchiveStore, key_for
+from recfs.archive import ArchiveDownload, ArchiveError, ArchiveStore, NotInArchive, key_for
 from recfs.catalog.database import Archive, Catalog, Recording
 from recfs.catalog.writer import CatalogWriter
 from recfs.content.cache import CacheFull, DiskCache
@@ -92,10 +92,9 @@ class DownloadPolicy:
     # after learning the size, even against a reader or a stat waiting for one: the
     # kernel's open follows its lookup within 0.1-2 ms (six readers at once), and
     # must not cost a second handshake. A transfer whose readers have closed their
-    # files gives its slot up at once. The price: `ls -l` of unknown sizes from a
-    # PBX that answers a handshake faster than this waits for it (64 sizes from the
-    # simulator on loopback: 0.43 s with 0, 0.89 s with 0.02, 1.85 s with 0.05).
-    open_grace: float = 0.02
+    # files gives its slot up at once. The price, paid by `ls -l` of unknown sizes
+    # from a PBX that answers a handshake faster than this: README, Benchmarks.
+    open_grace: float = 0.005
 
 
 class ContentStore:
@@ -112,8 +111,8 @@ class ContentStore:
         self.writer = writer
         self.archive = archive
         self.pbx = pbx
-        # ino → True: its archive copy failed (wrong bytes, missing, store down);
-        # reads go to the PBX until this expires.
+        # ino → its archive copy failed (True: wrong bytes or missing; False: the
+        # store failed, down or stalled); reads go to the PBX until this expires.
         self._archive_bad: TTLCache[int, bool] = TTLCache(
             maxsize=4096, ttl=ARCHIVE_BAD_MEMORY, timer=time.monotonic)
         self.policy = policy or DownloadPolicy()
@@ -338,16 +337,31 @@ class ContentStore:
             self.cache.discard_partial(transfer.ino, transfer.have)
             if isinstance(exc, CacheFull):
                 log.warning("download of %s failed: %s", transfer.name, exc.strerror)
-            if transfer.archive_key is not None:
-                # Not remembered as a failure: the next read asks the PBX at once.
-                self._archive_bad[transfer.ino] = True
+            if transfer.archive_key is not None and not isinstance(exc, OSError):
+                # The archive copy failed (an OSError is the cache's: a full cache
+                # filesystem is no fault of the copy). Not remembered as a failure:
+                # the next read asks the PBX at once.
+                self._archive_bad[transfer.ino] = isinstance(exc, (ArchiveMismatch, NotInArchive))
                 transfer.fail(TransferFailed(f"archive copy {transfer.archive_key}: {exc}"))
                 return
             if isinstance(exc, PbxError) and exc.errno in FILE_GONE:
-                exc = RecordingLost(f"{transfer.name}: the PBX no longer has it (errno "
-                                    f"{exc.errno}), and it was never archived")
-                log.warning("%s", exc)
-                self._nursery_or_none_start(self._mark_lost, transfer.ino)
+                if self.archive is not None and self._archived(transfer.ino):
+                    # Asked because its archive copy failed a moment ago: not lost.
+                    # If the store failed (not the copy), the next read (after
+                    # failure_memory) tries the archive again.
+                    copy_wrong = self._archive_bad.get(transfer.ino, False)
+                    if not copy_wrong:
+                        self._archive_bad.pop(transfer.ino, None)
+                    exc = TransferFailed(f"{transfer.name}: the PBX no longer has it (errno "
+                                         f"{exc.errno}), and its archive copy " +
+                                         ("is wrong or missing" if copy_wrong else
+                                          "could not be read just now"))
+                    log.warning("%s", exc)
+                else:
+                    exc = RecordingLost(f"{transfer.name}: the PBX no longer has it (errno "
+                                        f"{exc.errno}), and it was never archived")
+                    log.warning("%s", exc)
+                    self._nursery_or_none_start(self._mark_lost, transfer.ino)
             self._failed[transfer.ino] = transfer
             transfer.fail(exc)
         except BaseException as exc:  # stopped, cancelled at unmount, or a bug
@@ -370,6 +384,10 @@ class ContentStore:
             os.close(transfer.fd)
             if self.transfers.get(transfer.ino) is transfer:
                 del self.transfers[transfer.ino]
+
+    def _archived(self, ino: int) -> bool:
+        rec = self.catalog.by_ino(ino)
+        return rec is not None and rec.archive == Archive.ARCHIVED
 
     def _nursery_or_none_start(self, task: Callable[[int], Awaitable[None]], ino: int) -> None:
         if self._nursery is not None:
@@ -402,6 +420,9 @@ class ContentStore:
         digest = hashlib.sha256()
         verify = transfer.expected_sha256 is not None
         async with self._source(transfer) as body:
+            # An archive download hashes its bytes in its reading thread; the PBX's
+            # are hashed here.
+            own_hash = not isinstance(body, ArchiveDownload)
             announced = body.announced_size
             if announced is not None:
                 if transfer.size is None:
@@ -417,7 +438,8 @@ class ContentStore:
                 end = position + len(chunk)
                 if transfer.stopped:
                     return end  # the partial file is not ours any more; cancelled next
-                digest.update(chunk)
+                if own_hash:
+                    digest.update(chunk)
                 if transfer.size is not None and end > transfer.size:
                     raise TransferFailed(f"PBX sent more than the announced {transfer.size} bytes")
                 if end > skip:
@@ -440,7 +462,7 @@ class ContentStore:
                 transfer.announce_size(position)
             if position != transfer.size:
                 raise TransferFailed(f"body ended after {position} of {transfer.size} bytes")
-        transfer.sha256 = digest.hexdigest()
+            transfer.sha256 = digest.hexdigest() if own_hash else _source_sha256(body)
         if transfer.expected_sha256 is not None and transfer.sha256 != transfer.expected_sha256:
             log.error("archive object %s of %s has other bytes than were archived (SHA-256 %s, "
                       "catalog %s): not cached; the next read asks the PBX",
@@ -465,6 +487,10 @@ class ContentStore:
         finally:
             self._left(transfer, Interest.FETCH)
         return transfer.complete
+
+
+def _source_sha256(body: Body) -> str | None:
+    return body.sha256() if isinstance(body, ArchiveDownload) else None
 
 
 class ArchiveMismatch(TransferFailed):

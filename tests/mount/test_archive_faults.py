@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -22,21 +23,34 @@ from urllib.parse import urlsplit
 import pytest
 
 from recfs.content import archiver
+from recfs.content.store import DownloadPolicy
 from recfs.service.mountpoint import EX_CONFIG
 from tests.ci import unavailable
-from tests.mount.harness import Mount, read_after_recovery, the_line, try_mount, wait_for
-from tests.mount.test_archive import archived, object_key, s3_options, status
+from tests.mount.harness import (
+    Mount,
+    read_after_recovery,
+    the_line,
+    try_mount,
+    wait_for,
+)
+from tests.mount.test_archive import (
+    archived,
+    credentials_file,
+    object_key,
+    s3_options,
+    status,
+)
 from tests.servers import FaultyLink
 
 IO_TIMEOUT = 3  # seconds: io_timeout= of every mount here
-BYTES_PER_SECOND = 16000  # the simulator's recordings: 8 kHz, 16 bit, mono
 
 
 class Link(FaultyLink):
     """A FaultyLink that also stalls by itself: `stall_after(up=N)` lets N more bytes
-    go towards the store (a request, an upload's body) and then stalls; `down=N`
-    likewise from the store (an answer, a download's body). `flow()` forwards again,
-    bytes held back included; `stalled_at` is when the stall began."""
+    go towards the store (a request, an upload's body), then the whole link stalls
+    as with `stall()`; `down=N` likewise counts bytes from the store (an answer, a
+    download's body). `flow()` forwards again, bytes held back included;
+    `stalled_at` is when the stall began."""
 
     def __init__(self, target: tuple[str, int]):
         self._budget: dict[str, int | None] = {"up": None, "down": None}
@@ -207,6 +221,30 @@ def test_a_store_that_stalls_mid_upload(sim, s3_bucket, link, tmp_path):
     assert mount.unmount() == 0
 
 
+def test_an_unmount_during_an_upload(sim, s3_bucket, link, tmp_path):
+    """The mount goes down while a PUT is under way (here: it is stalled, and the
+    store answers once the unmount has begun). The request runs to its end in its
+    thread, but nothing of its outcome is written (the catalog writer has stopped):
+    no error, no traceback; the recording stays pending, and the next mount finds
+    the object there already (same SHA-256) or uploads it."""
+    options = [*s3_options(through(link, s3_bucket), tmp_path), f"io_timeout={IO_TIMEOUT}"]
+    mount = Mount(sim, tmp_path / "x", *options)
+    link.stall_after(up=1 << 20)
+    big = sim.call(duration=300)
+    mount.wait_file(big)
+    wait_for(lambda: link.stalled, 30, what="the upload to stall")
+    assert mount.proc is not None
+    subprocess.run(["fusermount3", "-u", str(mount.path)], check=True, timeout=30)
+    link.flow()  # the PUT goes on while the mount is going down
+    assert mount.proc.wait(30) == 0
+    again = Mount(sim, tmp_path / "x", *options)
+    wait_for(lambda: backlog_done(again), 30, what="the upload to be found or made")
+    original = sim.recording_bytes(big["recording"])
+    head = s3_bucket.client().head_object(Bucket=s3_bucket.name, Key=object_key(big))
+    assert head["Metadata"]["sha256"] == hashlib.sha256(original).hexdigest()
+    assert again.unmount() == 0
+
+
 # -- 2. a store that stalls mid-download -------------------------------------------
 
 def archive_one(sim, bucket, link, work: Path, duration: int) -> tuple[dict, bytes]:
@@ -220,39 +258,69 @@ def archive_one(sim, bucket, link, work: Path, duration: int) -> tuple[dict, byt
     return cdr, sim.recording_bytes(cdr["recording"])
 
 
-# Each attempt of an archive read ends io_timeout after the last byte (botocore's
-# two tries of the GET when nothing at all comes); three attempts in a row without
-# progress, with 1 s and 2 s between them (DownloadPolicy).
+def pbx_downloads(sim, name: str) -> int:
+    return sim.stats()["downloads"].get(name, 0)
+
+
+# 2.5 MiB of the 4.8 MB object, then nothing: whatever the size of the store's
+# reads (64 KiB first, then up to 1 MiB), some reach the cache's partial file
+# first (the read under way when the stall begins is lost).
+STALL_AFTER = 5 << 19
+
+# The first attempt of the archive read ends io_timeout after its last byte; the
+# next two get no answer to their GET at all (botocore tries each twice); 1 s and
+# 2 s between them (DownloadPolicy: three attempts, the count restarting only when
+# one gets further than the one before).
 ARCHIVE_READ_GIVES_UP = IO_TIMEOUT + 1 + 2 * IO_TIMEOUT + 2 + 2 * IO_TIMEOUT
+
+
+# A read far beyond the stall: it waits for bytes that never come. One read call
+# (direct_io, the default: one FUSE read), so its outcome is recfs's own, not the
+# kernel's (which may retry a failed read-ahead by itself).
+FAR = 4 << 20
+SOME = 1 << 16
 
 
 def test_a_store_that_stalls_mid_download(sim, s3_bucket, link, tmp_path):
     """An archived recording read on a fresh cache while the store stalls after its
-    first bytes: the read fails with EIO within the archive's attempts (the PBX is
-    not asked meanwhile); the archive copy is then not used for a while, so the next
-    read comes from the PBX, right bytes; nothing wrong or partial is cached."""
+    first bytes: the read waiting for bytes past the stall fails with EIO once the
+    archive's attempts are spent (the PBX is not asked meanwhile, nothing is left in
+    the cache). That archive copy is then not used for a while: the next read, even
+    on the same open file, is a new try and comes from the PBX at once: right bytes,
+    and the right file cached."""
     cdr, original = archive_one(sim, s3_bucket, link, tmp_path / "d", duration=300)
     mount = Mount(sim, tmp_path / "d", *s3_options(through(link, s3_bucket), tmp_path),
                   f"io_timeout={IO_TIMEOUT}", "prefetch=none",
                   "cache_dir=" + str(tmp_path / "fresh-cache"))
     cache = tmp_path / "fresh-cache"
     path = mount.file_of(cdr)
-    downloads = sim.stats()["downloads"]
-    link.stall_after(down=256 << 10)
-    started = time.monotonic()
-    with pytest.raises(OSError) as caught:
-        path.read_bytes()
-    took = time.monotonic() - started
-    assert caught.value.errno == errno.EIO
-    assert link.stalled
-    assert took <= ARCHIVE_READ_GIVES_UP + 5, took
-    assert sim.stats()["downloads"] == downloads  # every attempt went to the archive
-    assert "from the archive" not in mount.log()
-    assert files_in(cache / "complete") == [] and files_in(cache / "partial") == []
-    # The next read asks the PBX (the store still stalls): the right bytes, cached.
+    name = cdr["recording"]
+    downloads = pbx_downloads(sim, name)
+    link.stall_after(down=STALL_AFTER)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OSError) as caught:
+            os.pread(fd, SOME, FAR)
+        took = time.monotonic() - started
+        assert caught.value.errno == errno.EIO
+        assert link.stalled
+        assert re.search(rf"download of {re.escape(name)} failed \(attempt 1 of 3, [1-9]\d* of",
+                         mount.log()), "the stall came after the first bytes were on disk"
+        assert took <= ARCHIVE_READ_GIVES_UP + 5, took
+        assert pbx_downloads(sim, name) == downloads  # every attempt went to the archive
+        assert "from the archive" not in mount.log()
+        assert files_in(cache / "complete") == [] and files_in(cache / "partial") == []
+        # The next read (the store still stalls) asks the PBX, at once.
+        started = time.monotonic()
+        assert os.pread(fd, SOME, FAR) == original[FAR:FAR + SOME]
+        assert time.monotonic() - started < IO_TIMEOUT
+        assert pbx_downloads(sim, name) == downloads + 1
+    finally:
+        os.close(fd)
     assert path.read_bytes() == original
-    assert sim.stats()["downloads"] == downloads + 1
-    assert files_in(cache / "complete") == [ino_file(path)]
+    wait_for(lambda: files_in(cache / "complete") == [ino_file(path)], 10, what="the commit")
+    assert (cache / "complete" / ino_file(path)).read_bytes() == original
     link.flow()
     drop_page_cache()
     assert path.read_bytes() == original
@@ -272,13 +340,17 @@ def test_a_stalled_store_never_makes_an_archived_recording_lost(sim, s3_bucket, 
                   f"io_timeout={IO_TIMEOUT}", "prefetch=none",
                   "cache_dir=" + str(tmp_path / "fresh-cache"))
     path = mount.file_of(cdr)
-    link.stall_after(down=256 << 10)
-    with pytest.raises(OSError) as first:
-        path.read_bytes()
-    assert first.value.errno == errno.EIO
-    with pytest.raises(OSError) as second:  # the PBX is asked: it has it no more
-        path.read_bytes()
-    assert second.value.errno == errno.EIO, "an archived recording is not lost"
+    link.stall_after(down=STALL_AFTER)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as first:
+            os.pread(fd, SOME, FAR)
+        assert first.value.errno == errno.EIO
+        with pytest.raises(OSError) as second:  # the PBX is asked: it has it no more
+            os.pread(fd, SOME, FAR)
+        assert second.value.errno == errno.EIO, "an archived recording is not lost"
+    finally:
+        os.close(fd)
     assert status(mount)["archive"]["lost"] == 0
     assert "never archived" not in mount.log()
     link.flow()
@@ -294,18 +366,13 @@ def test_a_missing_bucket_ends_the_mount_command(sim, s3_bucket, tmp_path, foreg
     missing = s3_bucket.name + "-missing"
     done = try_mount(sim, tmp_path / "b", f"archive=s3://{missing}/calls",
                      f"archive_endpoint={s3_bucket.endpoint}",
-                     f"archive_credentials={_credentials(s3_bucket, tmp_path)}",
+                     f"archive_credentials={credentials_file(s3_bucket, tmp_path)}",
                      foreground=foreground)
     line = the_line(done, foreground, "archive=", missing, "does not exist", status=EX_CONFIG)
     assert s3_bucket.secret_key not in done.stderr + done.stdout
     assert s3_bucket.access_key not in line
     # Nothing was created in the store either.
     assert missing not in [b["Name"] for b in s3_bucket.client().list_buckets()["Buckets"]]
-
-
-def _credentials(bucket, directory: Path) -> str:
-    from tests.mount.test_archive import credentials_file
-    return credentials_file(bucket, directory)
 
 
 # -- 4. a full cache filesystem while reading back from the archive -----------------
@@ -346,7 +413,7 @@ def test_a_full_cache_filesystem_while_reading_back(sim, s3_bucket, link, small_
                   f"io_timeout={IO_TIMEOUT}", "prefetch=none", "cache_size=1G",
                   "cache_min_free=0", f"cache_dir={small_tmpfs}")
     path = mount.file_of(big)
-    downloads = sim.stats()["downloads"]
+    downloads = pbx_downloads(sim, big["recording"])
     randoms = sum(sim.stats()["get_random"].values())
     with pytest.raises(OSError) as caught:
         path.read_bytes()
@@ -355,18 +422,22 @@ def test_a_full_cache_filesystem_while_reading_back(sim, s3_bucket, link, small_
     assert files_in(small_tmpfs / "complete") == [] and files_in(small_tmpfs / "partial") == []
     # Again, after the failure is forgotten: the archive again, never the PBX, and
     # the recording is not "lost".
-    time.sleep(2.5)
+    time.sleep(DownloadPolicy().failure_memory + 0.5)
     with pytest.raises(OSError) as again:
         path.read_bytes()
     assert again.value.errno in (errno.EIO, errno.ENOSPC)
-    assert sim.stats()["downloads"] == downloads
+    assert pbx_downloads(sim, big["recording"]) == downloads
+    full = f"download of {big['recording']} failed: cache filesystem full"
+    assert mount.log().count(full) == 2  # both reads went to the archive
     assert sum(sim.stats()["get_random"].values()) == randoms
     assert status(mount)["archive"]["lost"] == 0
     assert files_in(small_tmpfs / "complete") == [] and files_in(small_tmpfs / "partial") == []
     # The mount lives on.
     small_path = mount.file_of(small)
     assert read_after_recovery(small_path) == originals[small["recording"]]
-    assert files_in(small_tmpfs / "complete") == [ino_file(small_path)]
+    wait_for(lambda: files_in(small_tmpfs / "complete") == [ino_file(small_path)], 10,
+             what="the commit")
+    wait_for(lambda: "from the archive" in mount.log(), 5, what="the small one from the archive")
     new = sim.call(duration=2)
     assert mount.wait_file(new).read_bytes() == sim.recording_bytes(new["recording"])
     assert mount.unmount() == 0

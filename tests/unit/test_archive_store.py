@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from recfs.archive import ArchiveError, NotInArchive, PutOutcome, key_for, open_store
+from recfs.archive.store import CHUNK_SIZE
 from recfs.archive.local import LocalStore
 from recfs.archive.s3 import (
     MIN_PART_SIZE,
@@ -110,7 +111,7 @@ async def test_a_multi_mib_recording_goes_in_and_streams_back(store, tmp_path):
     data, lengths, announced = await read_all(store, key)
     assert announced == size and len(data) == size
     assert hashlib.sha256(data).hexdigest() == sha256
-    assert max(lengths) <= 256 * 1024 and len(lengths) > 1  # streamed, in bounded chunks
+    assert max(lengths) <= CHUNK_SIZE and len(lengths) > 1  # streamed, in bounded chunks
 
 
 async def test_the_same_recording_again_is_already_there(store, tmp_path):

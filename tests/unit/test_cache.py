@@ -181,3 +181,95 @@ def test_the_map_of_recent_accesses_is_bounded(tmp_path):
         cache._touched[ino] = True
     assert len(cache._touched) == cache._touched.maxsize == 4096
     assert 9999 in cache._touched and 1 not in cache._touched  # the oldest went first
+
+
+# -- what may not be evicted (with an archive: what is not archived yet) -------------
+
+def test_eviction_skips_what_may_not_go_and_frees_the_rest(tmp_path):
+    kept = {1, 3}  # not archived yet
+    cache = DiskCache(tmp_path / "c", max_bytes=10_000, may_evict=lambda ino: ino not in kept)
+    for ino in (1, 2, 3):
+        put(cache, ino, bytes([ino]) * 3000)
+    put(cache, 4, b"4" * 3000)  # over the cap: 1 is the oldest but stays, 2 goes
+    assert cached(cache) == {1, 3, 4} and cache.evictions == 1
+    put(cache, 5, b"5" * 3000)  # 1 and 3 stay, 4 goes
+    assert cached(cache) == {1, 3, 5} and cache.evictions == 2
+    assert cache.used_bytes <= 10_000
+    kept.clear()  # archived
+    cache.evictable_changed()
+    put(cache, 6, b"6" * 3000)  # now the oldest, 1, goes
+    assert cached(cache) == {3, 5, 6}
+
+
+def test_a_cache_of_files_that_may_not_go_is_not_walked_at_every_write(tmp_path):
+    asked: list[int] = []
+    allowed: set[int] = set()
+
+    def may_evict(ino: int) -> bool:
+        asked.append(ino)
+        return ino in allowed
+
+    cache = DiskCache(tmp_path / "c", max_bytes=5000, may_evict=may_evict)
+    put(cache, 1, b"1" * 3000)
+    put(cache, 2, b"2" * 2000)  # at the cap, not over it: nothing asked
+    assert asked == []
+    fd = cache.create_partial(3)
+    try:
+        cache.write(fd, b"3" * 1000, 0)  # over: both asked, both refused
+        assert sorted(asked) == [1, 2] and cached(cache) == {1, 2}
+        assert cache.overshoot_max == 1000 and cache._nothing_to_evict
+        asked.clear()
+        cache.write(fd, b"3" * 1000, 1000)  # over again: the index is not walked again
+        cache.write(fd, b"3" * 1000, 2000)
+        assert asked == [] and cache.overshoot_max == 3000
+
+        allowed.add(1)  # archived: the archiver says so
+        cache.evictable_changed()
+        assert not cache._nothing_to_evict
+        cache.write(fd, b"3" * 1000, 3000)
+        # 4000 bytes over: 1 goes (the oldest), 2 is asked too and stays.
+        assert asked == [1, 2] and cached(cache) == {2}
+        assert cache.used_bytes == 2000 + 4000
+
+        asked.clear()
+        cache.write(fd, b"3" * 1000, 4000)  # over: 2 refused, then nothing more to ask
+        cache.write(fd, b"3" * 1000, 5000)
+        assert asked == [2]
+
+        asked.clear()
+        cache.pin(2)  # opened: a pin alone changes nothing
+        cache.write(fd, b"3" * 1000, 6000)
+        assert asked == []
+        cache.unpin(2)  # the last handle of a file closed: it may be evictable now
+        assert not cache._nothing_to_evict
+        cache.write(fd, b"3" * 1000, 7000)
+        assert asked == [2]
+
+        asked.clear()
+        cache.write(fd, b"3" * 1000, 8000)
+        assert asked == []
+        trio.run(cache.commit, 3, fd, 9000)  # a new complete file: walked again
+        assert not cache._nothing_to_evict
+    finally:
+        os.close(fd)
+    put(cache, 4, b"4" * 10)
+    assert sorted(asked) == [2, 3]  # still refused: both stay
+    assert cached(cache) == {2, 3, 4}
+
+
+def test_files_adopted_after_start_up_are_evictable_again(tmp_path):
+    """A pass that found nothing to evict is not the last word once reconcile()
+    adopts complete files the index missed."""
+    allowed = {7}
+    cache = DiskCache(tmp_path / "c", max_bytes=5000, may_evict=lambda ino: ino in allowed)
+    put(cache, 1, b"1" * 4000)
+    # A crash between rename and index write left 7 unindexed.
+    (tmp_path / "c" / "complete" / f"{7:016x}.wav").write_bytes(b"7" * 2000)
+    fd = cache.create_partial(2)
+    try:
+        cache.write(fd, b"2" * 2000, 0)  # over: 1 refused, nothing to evict
+        assert cache._nothing_to_evict
+        trio.run(cache.reconcile)  # adopts 7, and the cache is over its cap
+        assert cached(cache) == {1}  # 7 went at once (2 is still partial)
+    finally:
+        os.close(fd)
