@@ -404,10 +404,14 @@ class FaultyLink:
             except OSError:
                 client.close()
                 continue
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, direction in ((client, server, "up"), (server, client, "down")):
+                threading.Thread(target=self._pipe, args=(a, b, direction), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _forward(self, direction: str, sink: socket.socket, data: bytes) -> None:
+        """Pass *data* on ("up": towards the server); subclasses may hold it back."""
+        sink.sendall(data)
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
         source.settimeout(0.2)
         try:
             while not self._closing.is_set():
@@ -420,7 +424,7 @@ class FaultyLink:
                     continue
                 if not data:
                     break
-                sink.sendall(data)
+                self._forward(direction, sink, data)
         except OSError:
             pass
         finally:

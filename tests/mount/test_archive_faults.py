@@ -100,35 +100,10 @@ class Link(FaultyLink):
                 continue
             data = data[sent:]
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            direction = "down" if source.getpeername()[1] == self.target[1] else "up"
-        except OSError:
-            direction = "up"
-        source.settimeout(0.2)
-        try:
-            while not self._closing.is_set():
-                if self._stalled.is_set():
-                    time.sleep(0.05)
-                    continue
-                try:
-                    data = source.recv(65536)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                passing = self._passing(direction, len(data))
-                self._send(sink, data[:passing])
-                self._send(sink, data[passing:])  # once the link flows again
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+    def _forward(self, direction: str, sink: socket.socket, data: bytes) -> None:
+        passing = self._passing(direction, len(data))
+        self._send(sink, data[:passing])
+        self._send(sink, data[passing:])  # once the link flows again
 
 
 def through(link: FaultyLink, bucket):
