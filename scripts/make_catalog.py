@@ -11,11 +11,13 @@ numbers recfs would derive, and the `days` table the trigger would have kept.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 from pathlib import Path
 
 from recfs.catalog.database import Catalog, file_ino
+from recfs.catalog.schema import bulk_load
 
 START = 1672531200  # 2023-01-01 00:00:00 UTC
 
@@ -50,22 +52,23 @@ def main() -> int:
         return 1
     started = time.perf_counter()
     catalog = Catalog(path)
-    db = catalog._db
+    db = catalog.connect()
     db.execute("PRAGMA synchronous=OFF")
-    db.execute("DROP TRIGGER recordings_count_day")  # the days table is filled below at once
-    db.execute("BEGIN")
-    db.executemany(
-        "INSERT INTO recordings (ino, name, day, epoch, callid, timestart, caller, callee, type, "
-        "status, duration, talk_duration, trunk, did, pbx_serial, size, added) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows(args.rows, args.years, args.utc_offset))
-    db.execute("INSERT INTO days (day, count, newest) SELECT day, count(*), max(added) "
-               "FROM recordings GROUP BY day")
-    db.execute("INSERT OR REPLACE INTO meta VALUES ('pbx_utc_offset', ?)", (str(args.utc_offset),))
-    db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seen', "
-               "(SELECT max(timestart) FROM recordings))")
-    db.execute("COMMIT")
+
+    def load(db: sqlite3.Connection) -> None:
+        db.executemany(
+            "INSERT INTO recordings (ino, name, day, epoch, callid, timestart, caller, callee, "
+            "type, status, duration, talk_duration, trunk, did, pbx_serial, size, added) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows(args.rows, args.years, args.utc_offset))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('pbx_utc_offset', ?)",
+                   (str(args.utc_offset),))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seen', "
+                   "(SELECT max(timestart) FROM recordings))")
+
+    bulk_load(db, load)
+    db.close()
     catalog.close()
-    Catalog(path).close()  # recreates the trigger
     print(f"{args.rows} recordings in {path} in {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -232,3 +232,20 @@ def bring_up_to_date(db: sqlite3.Connection, path: str) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def bulk_load(db: sqlite3.Connection, load: Callable[[sqlite3.Connection], None]) -> None:
+    """Fill a new catalog at once (scripts/make_catalog.py, no mount running): *load*
+    inserts the recordings with the triggers off, the summaries are then computed
+    once, and the triggers come back; all in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for trigger in ("recordings_summaries", "recordings_size"):
+            db.execute(f"DROP TRIGGER {trigger}")
+        load(db)
+        _run(db, _REBUILD_SUMMARIES)
+        _run(db, _TRIGGERS)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
