@@ -64,25 +64,10 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]  # the tests package: tests/mount/harness.py, tests/servers.py
 
-SECOND = 16000  # bytes per second of 8 kHz 16-bit mono
-MiB = 1 << 20
+from benchlib import SECOND, MiB, dd, seconds_for, timed  # noqa: E402
+from tests.servers import FaultyLink  # noqa: E402
 CHUNK = 256 * 1024  # recfs's read size from the archive (recfs.archive.store.CHUNK_SIZE)
 MAX_UPLOADS = 2  # recfs's default max_uploads
-
-
-def seconds_for(size: int) -> int:
-    return max(1, (size - 44) // SECOND)
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def dd(path: Path) -> None:
-    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def line(name: str, figure: str, ratio: str = "") -> None:
@@ -248,67 +233,35 @@ def parallel_ranges(s3, bucket: str, key: str, size: int, parts: int) -> int:
         return sum(pool.map(one, range(0, size, step)))
 
 
-class CountingLink:
-    """A TCP forwarder on loopback that counts HTTP requests in flight (a request is
-    in flight from its first byte to the first byte of its answer; `100 Continue`
-    does not count as an answer). Only for the untimed round that looks at
-    concurrency: it costs CPU."""
+class CountingLink(FaultyLink):
+    """A forwarder that counts HTTP requests in flight (a request is in flight from
+    its first byte to the first byte of its answer; `100 Continue` does not count as
+    an answer). Only for the untimed round that looks at concurrency: it costs CPU."""
 
     def __init__(self, target: tuple[str, int]):
-        self.target = target
         self.lock = threading.Lock()
         self.inflight: Counter[str] = Counter()
         self.peak: Counter[str] = Counter()
         self.total: Counter[str] = Counter()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.closing = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target)
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            state = {"method": None}
-            threading.Thread(target=self._pipe, args=(client, server, state, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, state, False), daemon=True).start()
-
-    def _pipe(self, source, sink, state, requests: bool) -> None:
-        try:
-            while data := source.recv(1 << 18):
-                with self.lock:
-                    if requests and state["method"] is None:
-                        method = data.split(b" ", 1)[0].decode("ascii", "replace")
-                        state["method"] = method
-                        self.inflight[method] += 1
-                        self.inflight["*"] += 1
-                        self.total[method] += 1
-                        for name in (method, "*"):
-                            self.peak[name] = max(self.peak[name], self.inflight[name])
-                    elif not requests and state["method"] is not None \
-                            and not data.startswith(b"HTTP/1.1 100"):
-                        self.inflight[state["method"]] -= 1
-                        self.inflight["*"] -= 1
-                        state["method"] = None
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
+    def _forward(self, direction: str, sink: socket.socket, data: bytes,
+                 connection: dict) -> None:
+        with self.lock:
+            method = connection.get("method")
+            if direction == "up" and method is None:
+                method = connection["method"] = data.split(b" ", 1)[0].decode("ascii", "replace")
+                self.inflight[method] += 1
+                self.inflight["*"] += 1
+                self.total[method] += 1
+                for name in (method, "*"):
+                    self.peak[name] = max(self.peak[name], self.inflight[name])
+            elif direction == "down" and method is not None \
+                    and not data.startswith(b"HTTP/1.1 100"):
+                self.inflight[method] -= 1
+                self.inflight["*"] -= 1
+                connection["method"] = None
+        sink.sendall(data)
 
 
 # -- profiling (optional) ------------------------------------------------------------

@@ -60,8 +60,7 @@ sys.path[:0] = [str(ROOT)]  # the tests package: tests/mount/harness.py
 
 from recfs.content.store import DownloadPolicy  # noqa: E402
 
-SECOND = 16000  # bytes per second of 8 kHz 16-bit mono
-MiB = 1 << 20
+from benchlib import MiB, dd, seconds_for, timed  # noqa: E402
 
 
 def drop_caches() -> None:
@@ -76,21 +75,6 @@ def evict_pages(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def dd(path: Path) -> None:
-    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def seconds_for(size: int) -> int:
-    return max(1, (size - 44) // SECOND)
 
 
 def vm_hwm(pid: int) -> int:

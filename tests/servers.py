@@ -404,14 +404,19 @@ class FaultyLink:
             except OSError:
                 client.close()
                 continue
+            connection: dict[str, Any] = {}  # what a subclass keeps of one connection
             for a, b, direction in ((client, server, "up"), (server, client, "down")):
-                threading.Thread(target=self._pipe, args=(a, b, direction), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(a, b, direction, connection),
+                                 daemon=True).start()
 
-    def _forward(self, direction: str, sink: socket.socket, data: bytes) -> None:
-        """Pass *data* on ("up": towards the server); subclasses may hold it back."""
+    def _forward(self, direction: str, sink: socket.socket, data: bytes,
+                 connection: dict[str, Any]) -> None:
+        """Pass *data* on ("up": towards the server); subclasses may hold it back or
+        look at it."""
         sink.sendall(data)
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, direction: str,
+              connection: dict[str, Any]) -> None:
         source.settimeout(0.2)
         try:
             while not self._closing.is_set():
@@ -424,7 +429,7 @@ class FaultyLink:
                     continue
                 if not data:
                     break
-                self._forward(direction, sink, data)
+                self._forward(direction, sink, data, connection)
         except OSError:
             pass
         finally:

@@ -100,7 +100,8 @@ class Link(FaultyLink):
                 continue
             data = data[sent:]
 
-    def _forward(self, direction: str, sink: socket.socket, data: bytes) -> None:
+    def _forward(self, direction: str, sink: socket.socket, data: bytes,
+                 connection: dict) -> None:
         passing = self._passing(direction, len(data))
         self._send(sink, data[:passing])
         self._send(sink, data[passing:])  # once the link flows again

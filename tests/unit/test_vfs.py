@@ -80,17 +80,24 @@ async def test_concurrent_readers_share_one_download_and_read_before_it_ends(wor
         assert (pbx.randoms, pbx.downloads) == (1, 1)
 
 
+async def read_error(fs, ino: int) -> int:
+    """The errno of a read that must fail."""
+    fh = fs.open(ino, os.O_RDONLY)
+    try:
+        with pytest.raises(FsError) as info:
+            await fs.read(fh, 0, 100)
+    finally:
+        fs.release(fh)
+    return info.value.errno
+
+
 async def test_pbx_error_is_eio_and_caches_nothing(world, tmp_path):
     fs = world
     pbx = Pbx(wav(1000), error="10003")
     with respx.mock as router:
         pbx.install(router)
         rec = await add(fs)
-        fh = fs.open(rec.ino, os.O_RDONLY)
-        with pytest.raises(FsError) as info:
-            await fs.read(fh, 0, 100)
-        assert info.value.errno == errno.EIO
-        fs.release(fh)
+        assert await read_error(fs, rec.ino) == errno.EIO
         assert pbx.downloads == 1  # an errno is final: no pointless retries
     assert list((tmp_path / "cache" / "complete").iterdir()) == []
     assert list((tmp_path / "cache" / "partial").iterdir()) == []
@@ -103,11 +110,7 @@ async def test_a_file_the_pbx_no_longer_has_is_lost_and_fails_at_once(world):
     with respx.mock as router:
         pbx.install(router)
         rec = await add(fs)
-        fh = fs.open(rec.ino, os.O_RDONLY)
-        with pytest.raises(FsError) as info:
-            await fs.read(fh, 0, 100)
-        assert info.value.errno == errno.ENODATA
-        fs.release(fh)
+        assert await read_error(fs, rec.ino) == errno.ENODATA
         with trio.fail_after(5):  # marked by a write of its own
             while not fs.catalog.by_ino(rec.ino).lost:
                 await trio.sleep(0.01)
