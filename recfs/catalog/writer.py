@@ -19,6 +19,10 @@ Rules (read them before touching the catalog):
 - Another process (`recfs backfill` beside a mount) has its own writer; SQLite
   serialises the two (busy_timeout), and readers learn of changes through
   `CatalogWatch` (recfs/catalog/watch.py).
+- Where the writes go is the writer's `Backend`: the SQLite catalog itself, or a
+  shared catalog in PostgreSQL (recfs/catalog/shared.py), whose thread is then also
+  the one writer of the local replica this process reads, and follows the other
+  mounts' commits into it between batches.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -44,11 +48,11 @@ log = logging.getLogger("recfs.catalog.writer")
 # Operations per transaction at most: bounds how long one commit holds the others.
 MAX_BATCH = 2000
 
-Operation = Callable[[sqlite3.Connection], Any]
+Operation = Callable[[Any], Any]  # given the backend's connection
 
 
 @dataclass
-class _Pending:
+class Pending:
     operation: Operation
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
@@ -62,50 +66,159 @@ class WriterStats:
     last_error: str | None = None
 
 
+class Backend(Protocol):
+    """What the writer thread does with the database it owns: the SQLite catalog
+    (SqliteBackend, below) or the shared catalog in PostgreSQL and the local
+    replica that follows it (recfs/catalog/shared.py). Every method runs in the
+    writer thread; the operations run inside `transaction`."""
+
+    follow_interval: float | None  # how often `follow` runs when idle; None: never
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def transaction(self, batch: list[Pending]) -> Exception | None: ...
+    def follow(self) -> bool: ...
+
+    # The operations (a *db* is what `transaction` hands them).
+    def insert_calls(self, db: Any, calls: list[CallRecord], utc_offset: int | None,
+                     namespace: str) -> list[Recording | None]: ...
+    def write_size(self, db: Any, ino: int, size: int) -> None: ...
+    def write_meta(self, db: Any, key: str, value: str) -> None: ...
+    def write_content(self, db: Any, ino: int, size: int, sha256: str, archive: bool) -> None: ...
+    def write_archived(self, db: Any, ino: int, state: str, error: str | None) -> None: ...
+    def write_archive_retry(self, db: Any, ino: int, error: str, next_try: float) -> None: ...
+    def write_lost(self, db: Any, ino: int) -> None: ...
+
+
+def run_batch(db: Any, batch: list[Pending], begin: str,
+              in_transaction: Callable[[], bool], errors: type[Exception] | tuple[type[Exception], ...]
+              ) -> Exception | None:
+    """Every operation of *batch* in one transaction on *db* (SQLite or
+    PostgreSQL: the statements are the same), each in a SAVEPOINT; the error that
+    failed the whole of it, if any (every operation then carries it)."""
+    try:
+        db.execute(begin)
+        for pending in batch:
+            db.execute("SAVEPOINT op")
+            try:
+                pending.result = pending.operation(db)
+            except Exception as exc:
+                db.execute("ROLLBACK TO op")
+                pending.error = exc
+                log.error("catalog write failed: %s", exc, exc_info=not isinstance(exc, errors))
+            db.execute("RELEASE op")
+        db.execute("COMMIT")
+    except Exception as exc:
+        log.error("catalog commit of %d operation(s) failed: %s", len(batch), exc)
+        try:
+            if in_transaction():
+                db.execute("ROLLBACK")
+        except errors:
+            pass
+        for pending in batch:
+            pending.result = None
+            pending.error = exc
+        return exc
+    return None
+
+
+class SqliteBackend:
+    """The catalog in one SQLite file (the embedded default)."""
+
+    follow_interval: float | None = None  # CatalogWatch sees other processes' commits
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self._db = self.catalog.connect()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+    def follow(self) -> bool:
+        return False
+
+    def transaction(self, batch: list[Pending]) -> Exception | None:
+        db = self._db
+        assert db is not None
+        return run_batch(db, batch, "BEGIN IMMEDIATE",
+                         lambda: db.in_transaction, sqlite3.Error)
+
+    # Module functions looked up at each call: tests replace them.
+    def insert_calls(self, db: Any, calls: list[CallRecord], utc_offset: int | None,
+                     namespace: str) -> list[Recording | None]:
+        return insert_calls(db, calls, utc_offset, namespace)
+
+    def write_size(self, db: Any, ino: int, size: int) -> None:
+        write_size(db, ino, size)
+
+    def write_meta(self, db: Any, key: str, value: str) -> None:
+        write_meta(db, key, value)
+
+    def write_content(self, db: Any, ino: int, size: int, sha256: str, archive: bool) -> None:
+        write_content(db, ino, size, sha256, archive)
+
+    def write_archived(self, db: Any, ino: int, state: str, error: str | None) -> None:
+        write_archived(db, ino, state, error)
+
+    def write_archive_retry(self, db: Any, ino: int, error: str, next_try: float) -> None:
+        write_archive_retry(db, ino, error, next_try)
+
+    def write_lost(self, db: Any, ino: int) -> None:
+        write_lost(db, ino)
+
+
 class CatalogWriter:
-    def __init__(self, catalog: Catalog, watch: CatalogWatch | None = None):
+    def __init__(self, catalog: Catalog, watch: CatalogWatch | None = None,
+                 backend: Backend | None = None):
+        """*catalog*: what this process reads (the SQLite catalog, or the local
+        replica of a shared one); *backend*: where writes go (default: *catalog*)."""
         self.catalog = catalog
         self.watch = watch
+        self.backend: Backend = backend or SqliteBackend(catalog)
         self.stats = WriterStats()
-        self._queue: list[_Pending] = []
+        self._queue: list[Pending] = []
         self._wakeup = trio.Event()
         self._running = False
         self._jobs: queue.SimpleQueue[
-            tuple[list[_Pending], Callable[[Exception | None], None]] | None] = queue.SimpleQueue()
+            tuple[list[Pending], Callable[[Exception | None], None]] | None] = queue.SimpleQueue()
 
     # -- what callers use --------------------------------------------------------
 
     async def add(self, call: CallRecord, utc_offset: int | None = None) -> Recording | None:
         """Durably record *call*: the new Recording, or None if its name was known."""
         result: list[Recording | None] = await self._submit(
-            lambda db: insert_calls(db, [call], utc_offset, self.catalog.namespace))
+            lambda db: self.backend.insert_calls(db, [call], utc_offset, self.catalog.namespace))
         return result[0]
 
     async def add_many(self, calls: list[CallRecord],
                        utc_offset: int | None = None) -> list[Recording | None]:
         """Several calls (a back-fill window) as one operation."""
         return await self._submit(
-            lambda db: insert_calls(db, calls, utc_offset, self.catalog.namespace))
+            lambda db: self.backend.insert_calls(db, calls, utc_offset, self.catalog.namespace))
 
     async def set_size(self, ino: int, size: int) -> None:
-        await self._submit(lambda db: write_size(db, ino, size))
+        await self._submit(lambda db: self.backend.write_size(db, ino, size))
 
     async def set_meta(self, key: str, value: str) -> None:
-        await self._submit(lambda db: write_meta(db, key, value))
+        await self._submit(lambda db: self.backend.write_meta(db, key, value))
 
     async def set_content(self, ino: int, size: int, sha256: str, archive: bool) -> None:
         """A verified download: its size and SHA-256 (and, with an archive, an upload
         to come)."""
-        await self._submit(lambda db: write_content(db, ino, size, sha256, archive))
+        await self._submit(lambda db: self.backend.write_content(db, ino, size, sha256, archive))
 
     async def set_archived(self, ino: int, state: str, error: str | None = None) -> None:
-        await self._submit(lambda db: write_archived(db, ino, state, error))
+        await self._submit(lambda db: self.backend.write_archived(db, ino, state, error))
 
     async def retry_archive(self, ino: int, error: str, next_try: float) -> None:
-        await self._submit(lambda db: write_archive_retry(db, ino, error, next_try))
+        await self._submit(lambda db: self.backend.write_archive_retry(db, ino, error, next_try))
 
     async def set_lost(self, ino: int) -> None:
-        await self._submit(lambda db: write_lost(db, ino))
+        await self._submit(lambda db: self.backend.write_lost(db, ino))
 
     async def _submit(self, operation: Operation) -> Any:
         # A caller cancelled meanwhile (the mount going down) learns that first, not
@@ -113,7 +226,7 @@ class CatalogWriter:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self._running:
             raise RuntimeError("the catalog writer is not running")
-        pending = _Pending(operation)
+        pending = Pending(operation)
         self._queue.append(pending)
         self._wakeup.set()
         await pending.done.wait()
@@ -164,7 +277,7 @@ class CatalogWriter:
             # commit) and closes its connection.
             await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         finished = trio.Event()
         outcome: list[Exception | None] = []
 
@@ -184,49 +297,30 @@ class CatalogWriter:
     def _thread_main(self, token: trio.lowlevel.TrioToken,
                      started: Callable[[BaseException | None], None]) -> None:
         try:
-            db = self.catalog.connect()
+            self.backend.open()
         except BaseException as exc:  # the catalog cannot be opened: run() raises it
+            self.backend.close()
             token.run_sync_soon(started, exc)
             return
         token.run_sync_soon(started, None)
         try:
             while True:
-                job = self._jobs.get()
+                try:
+                    job = self._jobs.get(timeout=self.backend.follow_interval)
+                except queue.Empty:
+                    if self.backend.follow() and self.watch is not None:
+                        try:
+                            token.run_sync_soon(self.watch.poke)
+                        except trio.RunFinishedError:
+                            return
+                    continue
                 if job is None:
                     return
                 batch, finished = job
-                error = self._transaction(db, batch)
+                error = self.backend.transaction(batch)
                 try:
                     token.run_sync_soon(finished, error)
                 except trio.RunFinishedError:
                     return
         finally:
-            db.close()
-
-    def _transaction(self, db: sqlite3.Connection, batch: list[_Pending]) -> Exception | None:
-        """In the writer thread: every operation of *batch* in one transaction; the
-        error that failed the whole of it, if any."""
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for pending in batch:
-                db.execute("SAVEPOINT op")
-                try:
-                    pending.result = pending.operation(db)
-                except Exception as exc:
-                    db.execute("ROLLBACK TO op")
-                    pending.error = exc
-                    log.error("catalog write failed: %s", exc, exc_info=True)
-                db.execute("RELEASE op")
-            db.execute("COMMIT")
-        except Exception as exc:
-            log.error("catalog commit of %d operation(s) failed: %s", len(batch), exc)
-            try:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            for pending in batch:
-                pending.result = None
-                pending.error = exc
-            return exc
-        return None
+            self.backend.close()

@@ -1,0 +1,367 @@
+"""The shared catalog in PostgreSQL: how to reach it, its schema, and its writes.
+
+Several mounts on several hosts share one PostgreSQL catalog: one ingest mount per
+PBX writes it, reader mounts only follow it. Every mount keeps a local SQLite
+replica of its PBXs' rows (recfs/catalog/replica.py) and answers the filesystem from
+that, so that a lookup never waits for the network and the tree stays whole while
+the database is down. PostgreSQL is the truth: a report is acknowledged after its
+row committed here.
+
+Tables (schema `recfs`):
+- `recordings`: what the SQLite catalog's `recordings` holds, plus `pbx` (whose
+  recording) and `changed`, a number from one sequence given to every insert and
+  update by a trigger. The same trigger takes a transaction-level advisory lock
+  first, so transactions that write recordings commit one after another, in the
+  order of their numbers: a follower that has seen number N committed has seen
+  everything below N. Followers ask for `changed > last seen`, that is all.
+- `meta`: per PBX (pbx '' for the catalog's own: schema version, catalog id), with
+  `changed` numbers of the same sequence.
+- `pbxs`: the PBXs that ingest into this catalog, with the inode namespace each uses.
+No summaries: each replica keeps its own (SQLite triggers, recfs/catalog/schema.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import sql
+
+from recfs.catalog.database import Recording, call_epoch, file_ino
+from recfs.catalog.schema import CALL_COLUMNS, SCHEMA_VERSION, SchemaError
+from recfs.pbx import clock as pbx_clock
+from recfs.pbx.clock import META_KEY as OFFSET_KEY
+from recfs.pbx.reports import CallRecord
+
+log = logging.getLogger("recfs.catalog.postgres")
+
+CONNECT_TIMEOUT = 5  # seconds; libpq's connect_timeout
+# A statement that takes longer has met a database that is not answering.
+STATEMENT_TIMEOUT_MS = 30_000
+
+# The columns a replica copies, in this order (recfs/catalog/replica.py).
+RECORDING_COLUMNS = ["ino", "name", "day", "epoch", *[c for c in CALL_COLUMNS if c != "name"],
+                     "size", "added", "sha256", "archive", "archive_tries", "archive_next",
+                     "archive_error", "lost"]
+
+
+class CatalogUnavailable(Exception):
+    """The database cannot be reached, or refused us: temporary."""
+
+
+class CatalogBusy(Exception):
+    """Another ingest mount writes this PBX into the catalog."""
+
+
+def is_postgres_url(text: str | None) -> bool:
+    return bool(text) and str(text).startswith(("postgresql://", "postgres://"))
+
+
+@dataclass(frozen=True)
+class PgSettings:
+    """Where the catalog lives. The password comes from *password_file* or libpq's
+    own means (PGPASSFILE, ~/.pgpass, PGPASSWORD), never from the URL's text in a
+    message: `shown` is the URL without it."""
+
+    url: str
+    password_file: str | None = None
+
+    @property
+    def shown(self) -> str:
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+        user = f"{parts.username}@" if parts.username else ""
+        return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+    @property
+    def has_inline_password(self) -> bool:
+        return urlsplit(self.url).password is not None
+
+    def password(self) -> str | None:
+        if not self.password_file:
+            return None
+        try:
+            if os.stat(self.password_file).st_mode & 0o004:
+                raise CatalogConfigError(
+                    f"catalog_password_file {self.password_file} is readable by every user: "
+                    f"chmod o-r it (e.g. chmod 600) first")
+            return Path(self.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise CatalogConfigError(f"cannot read catalog_password_file {self.password_file}: "
+                                     f"{exc.strerror}") from None
+
+    def connect(self, *, application: str = "recfs") -> psycopg.Connection[Any]:
+        """A new connection in autocommit mode (transactions are explicit);
+        CatalogUnavailable when the database does not answer or refuses us."""
+        extra: dict[str, Any] = {}
+        password = self.password()
+        if password is not None:
+            extra["password"] = password
+        try:
+            return psycopg.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                application_name=application, keepalives=1, keepalives_idle=10,
+                keepalives_interval=5, keepalives_count=3,
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}", **extra)
+        except psycopg.Error as exc:
+            raise CatalogUnavailable(f"catalog {self.shown}: {_reason(exc)}") from None
+
+
+class CatalogConfigError(ValueError):
+    """An option about the catalog is wrong: the mount cannot start."""
+
+
+def _reason(exc: BaseException) -> str:
+    """psycopg's message, first line, without anything that could hold a secret:
+    libpq's messages name the host, port and user, never the password."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.replace("connection failed: ", "")
+
+
+# -- schema ------------------------------------------------------------------------
+
+_CHANGE_LOCK = 0x7265_6366_7300_0001  # "recfs" + 1: the commit-order lock
+_SCHEMA_LOCK = 0x7265_6366_7300_0002  # creating or migrating the schema
+
+
+def _advisory_key(text: str) -> int:
+    """A signed 64-bit advisory lock key for *text*."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big",
+                          signed=True)
+
+
+_CALL_DDL = ",\n    ".join(f"{c} TEXT NOT NULL DEFAULT ''" for c in CALL_COLUMNS if c != "name")
+
+_TABLES = f"""
+CREATE SCHEMA IF NOT EXISTS recfs;
+CREATE SEQUENCE IF NOT EXISTS recfs.changes;
+CREATE TABLE IF NOT EXISTS recfs.meta (
+    pbx TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    changed BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (pbx, key)
+);
+CREATE TABLE IF NOT EXISTS recfs.pbxs (
+    pbx TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,     -- what the PBX's inode numbers are derived with
+    source TEXT NOT NULL,        -- its URL, for people (never a password)
+    holder TEXT,                 -- the ingest mount that last took it: host, pid, since
+    added DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recfs.recordings (
+    ino BIGINT PRIMARY KEY,
+    pbx TEXT NOT NULL,
+    name TEXT NOT NULL,
+    day TEXT NOT NULL,
+    epoch BIGINT,
+    {_CALL_DDL},
+    size BIGINT,
+    added DOUBLE PRECISION NOT NULL,
+    sha256 TEXT,
+    archive TEXT,
+    archive_tries INTEGER NOT NULL DEFAULT 0,
+    archive_next DOUBLE PRECISION,
+    archive_error TEXT,
+    lost INTEGER NOT NULL DEFAULT 0,
+    changed BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (pbx, name)
+);
+CREATE INDEX IF NOT EXISTS recordings_changes ON recfs.recordings (pbx, changed);
+CREATE OR REPLACE FUNCTION recfs.number_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({_CHANGE_LOCK});
+    NEW.changed := nextval('recfs.changes');
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS recordings_changed ON recfs.recordings;
+CREATE TRIGGER recordings_changed BEFORE INSERT OR UPDATE ON recfs.recordings
+    FOR EACH ROW EXECUTE FUNCTION recfs.number_change();
+DROP TRIGGER IF EXISTS meta_changed ON recfs.meta;
+CREATE TRIGGER meta_changed BEFORE INSERT OR UPDATE ON recfs.meta
+    FOR EACH ROW EXECUTE FUNCTION recfs.number_change();
+"""
+
+
+def stored_version(db: psycopg.Connection[Any]) -> int:
+    """0 for a database without recfs's tables."""
+    present = db.execute("SELECT to_regclass('recfs.meta')").fetchone()
+    if present is None or present[0] is None:
+        return 0
+    row = db.execute("SELECT value FROM recfs.meta WHERE pbx = '' AND key = 'schema'").fetchone()
+    if row is None:
+        return 0
+    try:
+        return int(row[0])
+    except ValueError:
+        raise SchemaError(f"the catalog's schema version is unreadable: {row[0]!r}") from None
+
+
+def bring_up_to_date(db: psycopg.Connection[Any], shown: str) -> str:
+    """Create or migrate the schema, in one transaction (PostgreSQL's DDL is
+    transactional: a failure leaves what was there); the catalog's id. Two mounts
+    starting at once take turns (an advisory lock)."""
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        version = stored_version(db)
+        if version > SCHEMA_VERSION:
+            raise SchemaError(f"{shown} was written by a newer recfs (catalog schema {version}; "
+                              f"this recfs knows up to {SCHEMA_VERSION}): upgrade recfs")
+        if version == 0:
+            db.execute(_TABLES)
+            # PostgreSQL catalogs start at the SQLite schema's current version; later
+            # versions migrate both (a list like recfs/catalog/schema.py's MIGRATIONS).
+            _set_meta(db, "", "schema", str(SCHEMA_VERSION))
+            _set_meta(db, "", "catalog_id", str(uuid.uuid4()))
+        row = db.execute("SELECT value FROM recfs.meta WHERE pbx = '' AND key = 'catalog_id'"
+                         ).fetchone()
+        assert row is not None
+        return str(row[0])
+
+
+def _set_meta(db: psycopg.Connection[Any], pbx: str, key: str, value: str) -> None:
+    db.execute("INSERT INTO recfs.meta (pbx, key, value) VALUES (%s, %s, %s) "
+               "ON CONFLICT (pbx, key) DO UPDATE SET value = excluded.value "
+               "WHERE recfs.meta.value IS DISTINCT FROM excluded.value", (pbx, key, value))
+
+
+# -- the PBXs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PbxKey:
+    """A PBX in the shared catalog: *name* (its rows' `pbx`), *namespace* (what its
+    inode numbers are made with: "" in a mount of one PBX, as with SQLite)."""
+
+    name: str
+    namespace: str
+
+
+def register_pbx(db: psycopg.Connection[Any], pbx: PbxKey, source: str) -> None:
+    db.execute("INSERT INTO recfs.pbxs (pbx, namespace, source, added) VALUES (%s, %s, %s, %s) "
+               "ON CONFLICT (pbx) DO UPDATE SET source = excluded.source",
+               (pbx.name, pbx.namespace, source, time.time()))
+    row = db.execute("SELECT namespace FROM recfs.pbxs WHERE pbx = %s", (pbx.name,)).fetchone()
+    if row is not None and row[0] != pbx.namespace:
+        # Its inode numbers were made with the other namespace: new ones must match.
+        raise CatalogConfigError(
+            f"PBX {pbx.name!r} is in the catalog as part of "
+            f"{'a mount of several PBXs' if row[0] else 'a mount of one PBX'}; mount it the "
+            f"same way (its inode numbers depend on it)")
+
+
+def pbxs(db: psycopg.Connection[Any]) -> list[PbxKey]:
+    return [PbxKey(name, namespace) for name, namespace in
+            db.execute("SELECT pbx, namespace FROM recfs.pbxs ORDER BY pbx")]
+
+
+def take_ingest_lock(db: psycopg.Connection[Any], pbx: str) -> None:
+    """Hold the PBX's ingest lock for the life of *db*'s session (released when the
+    connection ends: also when the process is killed, the server sees the socket
+    close); CatalogBusy naming who holds it."""
+    got = db.execute("SELECT pg_try_advisory_lock(%s)", (_advisory_key("ingest:" + pbx),)
+                     ).fetchone()
+    if got is None or not got[0]:
+        row = db.execute("SELECT holder FROM recfs.pbxs WHERE pbx = %s", (pbx,)).fetchone()
+        holder = f" ({row[0]})" if row and row[0] else ""
+        raise CatalogBusy(f"another ingest mount{holder} writes PBX {pbx!r} into this catalog; "
+                          f"only one may (a reader mount serves the same tree without the PBX)")
+    import socket
+    db.execute("UPDATE recfs.pbxs SET holder = %s WHERE pbx = %s",
+               (f"{socket.gethostname()} pid {os.getpid()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}", pbx))
+
+
+# -- writes (the writer thread's operations; see recfs/catalog/writer.py) ------------
+
+_INSERT = sql.SQL("INSERT INTO recfs.recordings (ino, pbx, day, epoch, added, {columns}) "
+                  "VALUES (%s, %s, %s, %s, %s, {marks}) ON CONFLICT DO NOTHING RETURNING ino"
+                  ).format(columns=sql.SQL(", ").join(map(sql.Identifier, CALL_COLUMNS)),
+                           marks=sql.SQL(", ").join(sql.Placeholder() * len(CALL_COLUMNS)))
+
+
+def _known_callid(db: psycopg.Connection[Any], pbx: str, name: str) -> str | None:
+    row = db.execute("SELECT callid FROM recfs.recordings WHERE pbx = %s AND name = %s",
+                     (pbx, name)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _insert(db: psycopg.Connection[Any], pbx: PbxKey, call: CallRecord,
+            utc_offset: int | None) -> Recording | None:
+    known = _known_callid(db, pbx.name, call.name)
+    if known is not None:
+        if known and call.callid and known != call.callid:
+            log.warning("refused %s for call %s: the name belongs to call %s already",
+                        call.name, call.callid, known)
+        return None
+    epoch = call_epoch(call, utc_offset)
+    added = time.time()
+    day = pbx_clock.call_day(call.timestart, call.name, call.callid, utc_offset)
+    values = [getattr(call, c) for c in CALL_COLUMNS]
+    for salt in range(16):
+        ino = file_ino(call.name, salt, pbx.namespace)
+        # ino is below 2**63: PostgreSQL's BIGINT holds it as it is.
+        if db.execute(_INSERT, [ino, pbx.name, day, epoch, added, *values]).fetchone():
+            return Recording(ino, day, float(epoch if epoch is not None else added), None,
+                             added, call)
+        if _known_callid(db, pbx.name, call.name) is not None:
+            return None  # `recfs backfill` of the same PBX added it a moment ago
+    raise RuntimeError(f"no free inode number for {call.name!r}")
+
+
+def insert_calls(db: psycopg.Connection[Any], pbx: PbxKey, calls: list[CallRecord],
+                 utc_offset: int | None) -> list[Recording | None]:
+    """As recfs/catalog/database.py's insert_calls, into the shared catalog."""
+    results = [_insert(db, pbx, call, utc_offset) for call in calls]
+    newest = max((c.timestart for c in calls if pbx_clock.parse_stamp(c.timestart) is not None),
+                 default="")
+    if newest:
+        db.execute("INSERT INTO recfs.meta (pbx, key, value) VALUES (%s, 'last_seen', %s) "
+                   "ON CONFLICT (pbx, key) DO UPDATE SET value = excluded.value "
+                   "WHERE recfs.meta.value < excluded.value", (pbx.name, newest))
+    if utc_offset is not None:
+        _set_meta(db, pbx.name, OFFSET_KEY, str(utc_offset))
+    return results
+
+
+def write_size(db: psycopg.Connection[Any], pbx: PbxKey, ino: int, size: int) -> None:
+    db.execute("UPDATE recfs.recordings SET size = %s WHERE ino = %s AND size IS DISTINCT FROM %s",
+               (size, ino, size))
+
+
+def write_meta(db: psycopg.Connection[Any], pbx: PbxKey, key: str, value: str) -> None:
+    _set_meta(db, pbx.name, key, value)
+
+
+def write_content(db: psycopg.Connection[Any], pbx: PbxKey, ino: int, size: int, sha256: str,
+                  archive: bool) -> None:
+    db.execute("UPDATE recfs.recordings SET size = %s, sha256 = %s, lost = 0, archive = CASE "
+               "WHEN %s AND archive IS NULL THEN 'pending' ELSE archive END WHERE ino = %s",
+               (size, sha256, archive, ino))
+
+
+def write_archived(db: psycopg.Connection[Any], pbx: PbxKey, ino: int, state: str,
+                   error: str | None = None) -> None:
+    db.execute("UPDATE recfs.recordings SET archive = %s, archive_error = %s, archive_tries = 0, "
+               "archive_next = NULL WHERE ino = %s", (state, error, ino))
+
+
+def write_archive_retry(db: psycopg.Connection[Any], pbx: PbxKey, ino: int, error: str,
+                        next_try: float) -> None:
+    db.execute("UPDATE recfs.recordings SET archive_tries = archive_tries + 1, "
+               "archive_error = %s, archive_next = %s WHERE ino = %s", (error, next_try, ino))
+
+
+def write_lost(db: psycopg.Connection[Any], pbx: PbxKey, ino: int) -> None:
+    db.execute("UPDATE recfs.recordings SET lost = 1 WHERE ino = %s", (ino,))

@@ -1,0 +1,184 @@
+"""The catalog writer's backend for a shared catalog in PostgreSQL.
+
+One thread (the CatalogWriter's) owns two connections: one to PostgreSQL, one that
+writes the local replica (recfs/catalog/replica.py). For each batch of operations:
+one PostgreSQL transaction (each operation in a SAVEPOINT, as with SQLite); once it
+committed, the new rows are pulled into the replica, and only then are the callers
+answered, so that whatever the caller does next (a lookup, a download) finds the
+recording in the replica. Between batches, every `follow_interval` seconds, it asks
+PostgreSQL whether any other mount committed something of this PBX (an index probe)
+and pulls it.
+
+Ingest mounts hold the PBX's ingest lock on that same connection (a session
+advisory lock, recfs/catalog/postgres.py): no write of this PBX goes through a
+connection that does not hold it. When the connection is lost (the database
+restarted, the network failed), the batch in flight fails (its callers answer the
+PBX with an error and the PBX sends again), and the next batch or follow connects
+anew, taking the lock again first: if another ingest mount took it meanwhile, every
+write fails with CatalogBusy and says so, reads go on from the replica.
+
+Reader mounts (`ingest=False`) write nothing to PostgreSQL: every operation fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from typing import Any
+
+import psycopg
+
+from recfs.catalog import postgres as pg
+from recfs.catalog import replica
+from recfs.catalog.database import Catalog, Recording
+from recfs.catalog.postgres import CatalogBusy, CatalogUnavailable, PbxKey, PgSettings
+from recfs.catalog.writer import Pending, run_batch
+from recfs.pbx.reports import CallRecord
+
+log = logging.getLogger("recfs.catalog.shared")
+
+FOLLOW_INTERVAL = 0.5  # seconds: a reader sees another mount's new recordings within this
+RETRY_MAX = 10.0  # seconds between attempts to reach a database that is down, at most
+
+
+class CatalogReadOnly(Exception):
+    """A reader mount never writes the shared catalog."""
+
+
+class SharedBackend:
+    def __init__(self, settings: PgSettings, pbx: PbxKey, replica_catalog: Catalog, *,
+                 ingest: bool, source: str = "", follow_interval: float = FOLLOW_INTERVAL):
+        self.settings = settings
+        self.pbx = pbx
+        self.replica = replica_catalog
+        self.ingest = ingest
+        self.source = source
+        self.follow_interval: float | None = follow_interval
+        self.catalog_id = ""
+        self._pg: psycopg.Connection[Any] | None = None
+        self._local: sqlite3.Connection | None = None
+        self._retry_at = 0.0
+        self._retry_delay = 0.5
+        self.available = False  # read by status (a bool: one store, no lock needed)
+        self.last_error: str | None = None
+
+    # -- connection ---------------------------------------------------------------
+
+    def open(self) -> None:
+        """At the start: the database must answer, and an ingest mount must get
+        the PBX's lock (CatalogBusy otherwise), so that a wrong URL or a second
+        ingest mount fails the mount at once, clearly."""
+        self._local = self.replica.connect()
+        self._connection()
+        self._pull()
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._pg is not None and not self._pg.closed and not self._pg.broken:
+            return self._pg
+        self._drop()
+        db = self.settings.connect(application="recfs ingest" if self.ingest else "recfs reader")
+        try:
+            self.catalog_id = pg.bring_up_to_date(db, self.settings.shown)
+            if self.ingest:
+                pg.register_pbx(db, self.pbx, self.source)
+                pg.take_ingest_lock(db, self.pbx.name)
+            assert self._local is not None
+            replica.adopt(self._local, self.catalog_id)
+        except psycopg.Error as exc:
+            db.close()
+            raise CatalogUnavailable(f"catalog {self.settings.shown}: {pg._reason(exc)}") from None
+        except BaseException:
+            db.close()
+            raise
+        if not self.available and self.last_error is not None:
+            log.warning("catalog %s is back", self.settings.shown)
+        self._pg, self.available, self.last_error = db, True, None
+        self._retry_delay = 0.5
+        return db
+
+    def _drop(self) -> None:
+        if self._pg is not None:
+            try:
+                self._pg.close()
+            except psycopg.Error:
+                pass
+        self._pg = None
+
+    def _failed(self, exc: BaseException) -> None:
+        """The database went away (or refused): say so once, try again later."""
+        message = str(exc) if isinstance(exc, (CatalogUnavailable, CatalogBusy)) else \
+            f"catalog {self.settings.shown}: {pg._reason(exc)}"
+        if self.available or self.last_error != message:
+            log.warning("%s; serving the local replica, retrying", message)
+        self.available, self.last_error = False, message
+        self._drop()
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+
+    def close(self) -> None:
+        self._drop()
+        if self._local is not None:
+            self._local.close()
+
+    # -- the writer thread's two jobs --------------------------------------------
+
+    def transaction(self, batch: list[Pending]) -> Exception | None:
+        try:
+            if not self.ingest:
+                raise CatalogReadOnly("a reader mount does not write the shared catalog")
+            db = self._connection()
+        except Exception as exc:
+            if not isinstance(exc, CatalogReadOnly):
+                self._failed(exc)
+            for pending in batch:
+                pending.error = exc
+            return exc
+        error = run_batch(db, batch, "BEGIN", lambda: db.info.transaction_status !=
+                          psycopg.pq.TransactionStatus.IDLE, psycopg.Error)
+        if error is not None:
+            if db.closed or db.broken:
+                self._failed(error)
+            return error
+        self._pull()
+        return None
+
+    def follow(self) -> bool:
+        """Between batches: pull what other mounts committed; True if anything."""
+        if self._pg is None and time.monotonic() < self._retry_at:
+            return False
+        return self._pull() > 0
+
+    def _pull(self) -> int:
+        assert self._local is not None
+        try:
+            return replica.pull(self._connection(), self._local, self.pbx)
+        except (psycopg.Error, CatalogUnavailable, CatalogBusy) as exc:
+            self._failed(exc)
+        except sqlite3.Error as exc:  # the local disk: the next pull tries again
+            log.error("local replica %s: %s", self.replica.path, exc)
+        return 0
+
+    # -- the operations -----------------------------------------------------------
+
+    def insert_calls(self, db: Any, calls: list[CallRecord], utc_offset: int | None,
+                     namespace: str) -> list[Recording | None]:
+        return pg.insert_calls(db, self.pbx, calls, utc_offset)
+
+    def write_size(self, db: Any, ino: int, size: int) -> None:
+        pg.write_size(db, self.pbx, ino, size)
+
+    def write_meta(self, db: Any, key: str, value: str) -> None:
+        pg.write_meta(db, self.pbx, key, value)
+
+    def write_content(self, db: Any, ino: int, size: int, sha256: str, archive: bool) -> None:
+        pg.write_content(db, self.pbx, ino, size, sha256, archive)
+
+    def write_archived(self, db: Any, ino: int, state: str, error: str | None) -> None:
+        pg.write_archived(db, self.pbx, ino, state, error)
+
+    def write_archive_retry(self, db: Any, ino: int, error: str, next_try: float) -> None:
+        pg.write_archive_retry(db, self.pbx, ino, error, next_try)
+
+    def write_lost(self, db: Any, ino: int) -> None:
+        pg.write_lost(db, self.pbx, ino)

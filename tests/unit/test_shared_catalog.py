@@ -1,0 +1,193 @@
+"""The shared catalog in a real PostgreSQL (tests/postgres.py): the writer's backend,
+the local replicas, the ingest lock, schema ownership."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import trio
+
+from recfs.catalog import postgres as pg
+from recfs.catalog.database import Catalog, file_ino
+from recfs.catalog.postgres import CatalogBusy, PbxKey, PgSettings
+from recfs.catalog.schema import SCHEMA_VERSION, SchemaError
+from recfs.catalog.shared import CatalogReadOnly, SharedBackend
+from recfs.catalog.watch import CatalogWatch
+from recfs.catalog.writer import CatalogWriter
+from tests.unit.test_catalog_writer import call
+
+PBX = PbxKey("site-a", "")
+
+
+def writer_for(url: str, path: Path, pbx: PbxKey = PBX, *, ingest: bool = True,
+               interval: float = 0.05) -> CatalogWriter:
+    replica = Catalog(path, namespace=pbx.namespace)
+    backend = SharedBackend(PgSettings(url), pbx, replica, ingest=ingest, source="https://pbx",
+                            follow_interval=interval)
+    return CatalogWriter(replica, CatalogWatch(replica, interval=0.05), backend)
+
+
+async def test_ingest_and_reader_replicas_hold_the_same_rows(pg_catalog, tmp_path):
+    ingest = writer_for(pg_catalog, tmp_path / "ingest.sqlite")
+    reader = writer_for(pg_catalog, tmp_path / "reader.sqlite", ingest=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ingest.run)
+        added = {}
+        for i in range(50):
+            rec = await ingest.add(call(i), utc_offset=7200)
+            assert rec is not None and rec.ino == file_ino(rec.name)
+            # Answered only once the ingest mount's own replica has it.
+            assert ingest.catalog.by_ino(rec.ino) is not None
+            added[rec.name] = rec.ino
+        assert await ingest.add(call(3), utc_offset=7200) is None  # a report sent twice
+        await ingest.set_size(added[call(7).name], 4242)
+        await ingest.set_meta("probe", "x")
+        await nursery.start(reader.run)  # starts later: copies what is there
+        assert await ingest.add(call(99), utc_offset=7200) is not None
+        with trio.fail_after(5):
+            while reader.catalog.by_name(call(99).name) is None:
+                await trio.sleep(0.02)
+        with pytest.raises(CatalogReadOnly):
+            await reader.set_size(added[call(1).name], 1)
+        nursery.cancel_scope.cancel()
+    mine, theirs = Catalog(tmp_path / "ingest.sqlite"), Catalog(tmp_path / "reader.sqlite")
+    assert mine.count() == theirs.count() == 51
+    for name, ino in added.items():
+        a, b = mine.by_name(name), theirs.by_name(name)
+        assert a is not None and b is not None
+        assert (a.ino, a.day, a.mtime, a.size, a.call) == (b.ino, b.day, b.mtime, b.size, b.call) \
+            == (ino, a.day, a.mtime, a.size, a.call)
+    assert theirs.by_ino(added[call(7).name]).size == 4242  # type: ignore[union-attr]
+    assert [d.key for d in mine.days()] == [d.key for d in theirs.days()]
+    assert mine.known_bytes() == theirs.known_bytes() == 4242
+    assert theirs.meta("probe") == "x" and theirs.meta("last_seen") == "2024-06-10 23:00:00"
+
+
+async def test_a_second_ingest_mount_of_the_same_pbx_is_refused(pg_catalog, tmp_path):
+    first = writer_for(pg_catalog, tmp_path / "a.sqlite")
+    second = writer_for(pg_catalog, tmp_path / "b.sqlite")
+    other_pbx = writer_for(pg_catalog, tmp_path / "c.sqlite", PbxKey("site-b", ""))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        with pytest.raises(CatalogBusy, match="another ingest mount .*site-a"):
+            await nursery.start(second.run)
+        await nursery.start(other_pbx.run)  # another PBX: its own lock
+        a = await first.add(call(1))
+        b = await other_pbx.add(call(1))  # the same file name on another PBX
+        assert a is not None and b is not None and a.ino != b.ino
+        nursery.cancel_scope.cancel()
+    # The first one gone, the lock is free again.
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        nursery.cancel_scope.cancel()
+
+
+def test_the_ingest_lock_goes_with_a_killed_process(pg_catalog, tmp_path):
+    """kill -9 of the lock's holder: the server sees its socket close."""
+    ready = tmp_path / "ready"
+    script = textwrap.dedent(f"""
+        import time, sys
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+        from recfs.catalog.postgres import PgSettings, take_ingest_lock, bring_up_to_date, register_pbx, PbxKey
+        db = PgSettings({pg_catalog!r}).connect()
+        bring_up_to_date(db, "x")
+        register_pbx(db, PbxKey("site-a", ""), "https://pbx")
+        take_ingest_lock(db, "site-a")
+        open({str(ready)!r}, "w").close()
+        time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        db = PgSettings(pg_catalog).connect()
+        with pytest.raises(CatalogBusy, match=f"pid {holder.pid}"):
+            pg.take_ingest_lock(db, "site-a")
+        holder.kill()
+        holder.wait()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                pg.take_ingest_lock(db, "site-a")
+                break
+            except CatalogBusy:
+                assert time.monotonic() < deadline, "the lock outlived its holder"
+                time.sleep(0.1)
+    finally:
+        holder.kill()
+
+
+async def test_writes_fail_while_the_database_is_down_and_resume_after(postgres, tmp_path):
+    """Nothing is answered as written that is not committed; after a restart the same
+    writer goes on, the lock taken again."""
+    from tests.postgres import PostgresServer
+    server = PostgresServer.start(tmp_path / "pg")
+    try:
+        url = server.new_database()
+        writer = writer_for(url, tmp_path / "replica.sqlite")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            assert await writer.add(call(1)) is not None
+            await trio.to_thread.run_sync(server.crash)
+            with pytest.raises(Exception):
+                await writer.add(call(2))
+            assert writer.catalog.by_name(call(1).name) is not None  # reads go on
+            assert not writer.backend.available  # type: ignore[attr-defined]
+            await trio.to_thread.run_sync(server.up)
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        assert await writer.add(call(2)) is not None
+                        break
+                    except Exception:
+                        await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()
+        with psycopg.connect(url) as db:
+            assert db.execute("SELECT COUNT(*) FROM recfs.recordings").fetchone() == (2,)
+    finally:
+        server.stop()
+
+
+def test_schema_is_created_once_and_a_newer_one_refused(pg_catalog):
+    db = PgSettings(pg_catalog).connect()
+    first = pg.bring_up_to_date(db, "cat")
+    assert pg.bring_up_to_date(db, "cat") == first  # idempotent: the same catalog
+    assert pg.stored_version(db) == SCHEMA_VERSION
+    db.execute("UPDATE recfs.meta SET value = %s WHERE pbx = '' AND key = 'schema'",
+               (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(SchemaError, match="newer recfs"):
+        pg.bring_up_to_date(db, "cat")
+
+
+async def test_a_replica_of_another_catalog_is_emptied(postgres, tmp_path):
+    one, two = postgres.new_database(), postgres.new_database()
+    async with trio.open_nursery() as nursery:
+        w = writer_for(one, tmp_path / "replica.sqlite")
+        await nursery.start(w.run)
+        await w.add(call(1))
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        w = writer_for(two, tmp_path / "replica.sqlite", ingest=False)
+        await nursery.start(w.run)
+        assert w.catalog.count() == 0
+        nursery.cancel_scope.cancel()
+
+
+def test_password_file_readable_by_everyone_is_refused(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    os.chmod(secret, 0o644)
+    with pytest.raises(pg.CatalogConfigError, match="readable by every user"):
+        PgSettings("postgresql://u@127.0.0.1:1/db", str(secret)).password()
+    os.chmod(secret, 0o600)
+    assert PgSettings("postgresql://u@127.0.0.1:1/db", str(secret)).password() == "hunter2"
+    assert "hunter2" not in PgSettings("postgresql://u:hunter2@127.0.0.1:1/db").shown
