@@ -144,3 +144,13 @@ def pg_catalog(postgres: PostgresServer) -> str:
     if not postgres.running:
         postgres.up()
     return postgres.new_database()
+
+
+@pytest.fixture
+def postgres_own(tmp_path: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL of the test's own, for tests that crash it."""
+    server = PostgresServer.start(tmp_path / "postgres")
+    try:
+        yield server
+    finally:
+        server.stop()

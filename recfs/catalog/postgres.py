@@ -157,6 +157,7 @@ CREATE TABLE IF NOT EXISTS recfs.pbxs (
     pbx TEXT PRIMARY KEY,
     namespace TEXT NOT NULL,     -- what the PBX's inode numbers are derived with
     source TEXT NOT NULL,        -- its URL, for people (never a password)
+    archive TEXT,                -- where its ingest mount archives (a reader reads there)
     holder TEXT,                 -- the ingest mount that last took it: host, pid, since
     added DOUBLE PRECISION NOT NULL
 );
@@ -248,10 +249,21 @@ class PbxKey:
     namespace: str
 
 
-def register_pbx(db: psycopg.Connection[Any], pbx: PbxKey, source: str) -> None:
-    db.execute("INSERT INTO recfs.pbxs (pbx, namespace, source, added) VALUES (%s, %s, %s, %s) "
-               "ON CONFLICT (pbx) DO UPDATE SET source = excluded.source",
-               (pbx.name, pbx.namespace, source, time.time()))
+@dataclass(frozen=True)
+class PbxEntry:
+    key: PbxKey
+    archive: str | None  # the archive URL its ingest mount uses (s3://BUCKET/PREFIX...)
+
+
+def register_pbx(db: psycopg.Connection[Any], pbx: PbxKey, source: str,
+                 archive: str | None = None) -> None:
+    """Say in the catalog that *pbx* ingests here (and where it archives)."""
+    parts = urlsplit(source)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no user:password
+    db.execute("INSERT INTO recfs.pbxs (pbx, namespace, source, archive, added) "
+               "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (pbx) DO UPDATE "
+               "SET source = excluded.source, archive = excluded.archive",
+               (pbx.name, pbx.namespace, shown, archive, time.time()))
     row = db.execute("SELECT namespace FROM recfs.pbxs WHERE pbx = %s", (pbx.name,)).fetchone()
     if row is not None and row[0] != pbx.namespace:
         # Its inode numbers were made with the other namespace: new ones must match.
@@ -261,9 +273,12 @@ def register_pbx(db: psycopg.Connection[Any], pbx: PbxKey, source: str) -> None:
             f"same way (its inode numbers depend on it)")
 
 
-def pbxs(db: psycopg.Connection[Any]) -> list[PbxKey]:
-    return [PbxKey(name, namespace) for name, namespace in
-            db.execute("SELECT pbx, namespace FROM recfs.pbxs ORDER BY pbx")]
+def pbxs(db: psycopg.Connection[Any]) -> list[PbxEntry]:
+    """The PBXs ingested into the catalog, by name."""
+    if stored_version(db) == 0:
+        return []
+    return [PbxEntry(PbxKey(name, namespace), archive) for name, namespace, archive in
+            db.execute("SELECT pbx, namespace, archive FROM recfs.pbxs ORDER BY pbx")]
 
 
 def take_ingest_lock(db: psycopg.Connection[Any], pbx: str) -> None:

@@ -18,6 +18,8 @@ anew, taking the lock again first: if another ingest mount took it meanwhile, ev
 write fails with CatalogBusy and says so, reads go on from the replica.
 
 Reader mounts (`ingest=False`) write nothing to PostgreSQL: every operation fails.
+`recfs backfill` and `recfs archive` write without the lock (`exclusive=False`),
+beside the PBX's ingest mount, as they do beside a mount with a SQLite catalog.
 """
 
 from __future__ import annotations
@@ -46,14 +48,24 @@ class CatalogReadOnly(Exception):
     """A reader mount never writes the shared catalog."""
 
 
+# What a catalog write can fail with, whichever the catalog: the database refused it
+# or cannot be reached.
+WRITE_FAILURES: tuple[type[Exception], ...] = (
+    sqlite3.Error, psycopg.Error, CatalogUnavailable, CatalogBusy, CatalogReadOnly)
+
+
 class SharedBackend:
     def __init__(self, settings: PgSettings, pbx: PbxKey, replica_catalog: Catalog, *,
-                 ingest: bool, source: str = "", follow_interval: float = FOLLOW_INTERVAL):
+                 ingest: bool, exclusive: bool = True, source: str = "",
+                 archive: str | None = None,
+                 follow_interval: float = FOLLOW_INTERVAL):
         self.settings = settings
         self.pbx = pbx
         self.replica = replica_catalog
         self.ingest = ingest
+        self.exclusive = ingest and exclusive  # holds the PBX's ingest lock
         self.source = source
+        self.archive = archive
         self.follow_interval: float | None = follow_interval
         self.catalog_id = ""
         self._pg: psycopg.Connection[Any] | None = None
@@ -81,8 +93,9 @@ class SharedBackend:
         try:
             self.catalog_id = pg.bring_up_to_date(db, self.settings.shown)
             if self.ingest:
-                pg.register_pbx(db, self.pbx, self.source)
-                pg.take_ingest_lock(db, self.pbx.name)
+                pg.register_pbx(db, self.pbx, self.source, self.archive)
+                if self.exclusive:
+                    pg.take_ingest_lock(db, self.pbx.name)
             assert self._local is not None
             replica.adopt(self._local, self.catalog_id)
         except psycopg.Error as exc:
@@ -127,9 +140,13 @@ class SharedBackend:
         try:
             if not self.ingest:
                 raise CatalogReadOnly("a reader mount does not write the shared catalog")
+            if self._pg is None and time.monotonic() < self._retry_at:
+                # Down a moment ago: answer at once rather than wait for a connect.
+                raise CatalogUnavailable(self.last_error or "the catalog is not reachable")
             db = self._connection()
         except Exception as exc:
-            if not isinstance(exc, CatalogReadOnly):
+            if not isinstance(exc, CatalogReadOnly) and self._pg is None and \
+                    time.monotonic() >= self._retry_at:
                 self._failed(exc)
             for pending in batch:
                 pending.error = exc
@@ -148,6 +165,11 @@ class SharedBackend:
         if self._pg is None and time.monotonic() < self._retry_at:
             return False
         return self._pull() > 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "postgresql", "url": self.settings.shown, "pbx": self.pbx.name,
+                "role": "ingest" if self.ingest else "reader", "available": self.available,
+                "problem": self.last_error, "replica": str(self.replica.path)}
 
     def _pull(self) -> int:
         assert self._local is not None

@@ -78,6 +78,7 @@ class Backend(Protocol):
     def close(self) -> None: ...
     def transaction(self, batch: list[Pending]) -> Exception | None: ...
     def follow(self) -> bool: ...
+    def describe(self) -> dict[str, Any]: ...  # for status: what, where, whether it answers
 
     # The operations (a *db* is what `transaction` hands them).
     def insert_calls(self, db: Any, calls: list[CallRecord], utc_offset: int | None,
@@ -140,6 +141,9 @@ class SqliteBackend:
 
     def follow(self) -> bool:
         return False
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "sqlite", "path": str(self.catalog.path), "available": True}
 
     def transaction(self, batch: list[Pending]) -> Exception | None:
         db = self._db

@@ -41,7 +41,6 @@ import argparse
 import hashlib
 import logging
 import os
-import sqlite3
 import sys
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -59,7 +58,9 @@ from recfs.pbx.client import LoginDeferred, PbxClient
 from recfs.pbx.errors import BAD_CREDENTIALS, FILE_GONE, LOCKED_OUT, PbxError
 from recfs.progress import NoProgress, Progress, terminal_progress
 from recfs.service.config import MountOptions, OptionError, build_options, split_options
-from recfs.service.parts import PbxParts, open_pbx
+from recfs.catalog.shared import WRITE_FAILURES
+from recfs.service.mountpoint import MountError, expected_failure
+from recfs.service.parts import PbxParts, open_pbx, start_writer
 from recfs.content.archiver import fd_sha256, metadata_of
 
 log = logging.getLogger("recfs.archive")
@@ -372,7 +373,7 @@ class Uploader:
                 await self._archive(rec)
         except _Lost:
             self.summary.lost.add(rec.name)
-        except sqlite3.Error as exc:  # from the writer: the catalog cannot take writes
+        except WRITE_FAILURES as exc:  # from the writer: the catalog cannot take writes
             raise _Stop(f"cannot write the catalog: {exc}") from None
         except _Failed as exc:
             self.summary.failed.add(f"{rec.name}: {exc}")
@@ -660,6 +661,10 @@ def main(argv: list[str]) -> int:
         print(f"recfs: {exc}", file=sys.stderr)
         return 2
     except BaseException as exc:
+        failure = expected_failure(exc)  # the catalog cannot be used
+        if failure is not None:
+            print(f"recfs: {failure}", file=sys.stderr)
+            return failure.exit_status if isinstance(failure, MountError) else 2
         if not _only(exc, KeyboardInterrupt):
             raise
         print("\nrecfs: interrupted (what was archived is in the catalog; run it again to go "
@@ -697,7 +702,7 @@ async def _run(opts: MountOptions, name: str, pbx_opts: MountOptions,
             raise CommandError(_text(exc), 2) from None
         # The mount's own builder: the same catalog (with the PBX's name, in a mount of
         # several), the same report target registered at login.
-        parts = open_pbx(pbx_opts, name, opts.listen[1])
+        parts = open_pbx(pbx_opts, name, opts.listen[1], exclusive=False)
         try:
             async with _writer_running(parts):
                 return await _pass(parts, store, name, pbx_opts, args)
@@ -712,7 +717,7 @@ async def _run(opts: MountOptions, name: str, pbx_opts: MountOptions,
 async def _writer_running(parts: PbxParts) -> AsyncIterator[None]:
     """The catalog writer runs while the pass does; the PBX session is closed after."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(parts.writer.run)
+        await start_writer(nursery, parts.writer)
         try:
             yield
         finally:

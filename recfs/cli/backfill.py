@@ -24,7 +24,8 @@ from recfs.pbx.clock import format_local
 from recfs.pbx.errors import PbxError
 from recfs.progress import terminal_progress
 from recfs.service.config import MountOptions, OptionError, build_options, split_options
-from recfs.service.parts import open_pbx
+from recfs.service.mountpoint import MountError, expected_failure
+from recfs.service.parts import open_pbx, start_writer
 
 log = logging.getLogger("recfs.ingest.backfill")
 
@@ -114,6 +115,12 @@ def main(argv: list[str]) -> int:
     except OptionError as exc:
         print(f"recfs: {exc}", file=sys.stderr)
         return 2
+    except BaseException as exc:  # the catalog cannot be used (wrapped by trio's nursery)
+        failure = expected_failure(exc)
+        if failure is None:
+            raise
+        print(f"recfs: {failure}", file=sys.stderr)
+        return failure.exit_status if isinstance(failure, MountError) else 2
     print(f"back-fill done: {summary.text()} ({summary.windows} CDR request(s))")
     for window, line, reason in summary.malformed[:20]:
         print(f"  malformed: CDRs from {window}, line {line}: {reason}")
@@ -134,7 +141,7 @@ async def _run(opts: MountOptions, args: argparse.Namespace) -> Summary:
         name, pbx_opts = "", opts
     # The mount's own builder: the same report target (a login made here never
     # diverts the PBX's pushes away from a running mount), clock and inode numbers.
-    parts = open_pbx(pbx_opts, name, opts.listen[1])
+    parts = open_pbx(pbx_opts, name, opts.listen[1], exclusive=False)
     client = parts.client
     ingest = Ingest(parts.writer, parts.clock, on_new=lambda rec: None)
     try:
@@ -149,7 +156,7 @@ async def _run(opts: MountOptions, args: argparse.Namespace) -> Summary:
         bar = ProgressBar(args.since, end, enabled=not args.quiet)
         stopped: PbxError | None = None
         async with trio.open_nursery() as nursery:
-            await nursery.start(parts.writer.run)  # the writer runs while rows come in
+            await start_writer(nursery, parts.writer)  # the writer runs while rows come in
             try:
                 print(f"importing CDRs {format_local(args.since)} .. {format_local(end)} "
                       f"(PBX time)", file=sys.stderr)

@@ -47,13 +47,23 @@ def render(status: dict[str, Any]) -> str:
         return "\n".join(f"[{name}] " + render(part) for name, part in status["pbxs"].items())
     pbx, reports, cache, downloads = (status["pbx"], status["reports"], status["cache"],
                                       status["downloads"])
-    session = "logged in" if pbx["logged_in"] else f"not logged in ({pbx['problem'] or 'connecting'})"
+    catalog = status.get("catalog") or {}
     limit = f" of {_size(cache['max_bytes'])}" if cache.get("max_bytes") else ""
-    lines = [
-        f"recfs mount of {status['source']} on {status['mountpoint']}",
-        f"  PBX session:   {session}; last contact {_ago(pbx['last_contact'])}",
-        f"  last report:   {_ago(reports['last'])} ({reports['received']} received, "
-        f"{reports['rejected']} refused)",
+    lines = [f"recfs mount of {status['source']} on {status['mountpoint']}"]
+    if pbx is None:
+        lines.append("  reader mount:  serves the catalog; reads from the archive, never a PBX")
+    else:
+        session = ("logged in" if pbx["logged_in"]
+                   else f"not logged in ({pbx['problem'] or 'connecting'})")
+        lines.append(f"  PBX session:   {session}; last contact {_ago(pbx['last_contact'])}")
+    if reports is not None:
+        lines.append(f"  last report:   {_ago(reports['last'])} ({reports['received']} "
+                     f"received, {reports['rejected']} refused)")
+    if catalog.get("kind") == "postgresql":
+        state = "answering" if catalog["available"] else f"NOT answering ({catalog['problem']})"
+        lines.append(f"  catalog:       {catalog['url']} ({catalog['role']}, PBX "
+                     f"{catalog['pbx']}): {state}; local replica {catalog['replica']}")
+    lines += [
         f"  recordings:    {status['recordings']}",
         f"  cache:         {cache['files']} files, {_size(cache['bytes'])}{limit}, "
         f"keeping {_size(cache['min_free'])} free",
@@ -69,7 +79,6 @@ def render(status: dict[str, Any]) -> str:
                      f"{archive['lost']} lost on the PBX, {archive['uploaded']} uploaded")
         if archive.get("last_error"):
             lines.append(f"    last error: {archive['last_error']}")
-    catalog = status.get("catalog") or {}
     if catalog.get("failed_commits"):
         lines.append(f"  catalog:       {catalog['failed_commits']} commit(s) failed, last: "
                      f"{catalog['last_error']}")

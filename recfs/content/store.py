@@ -98,13 +98,14 @@ class DownloadPolicy:
 
 
 class ContentStore:
-    def __init__(self, catalog: Catalog, cache: DiskCache, client: PbxClient,
+    def __init__(self, catalog: Catalog, cache: DiskCache, client: PbxClient | None,
                  writer: CatalogWriter, policy: DownloadPolicy | None = None,
                  observe_download: Callable[[float], None] = lambda seconds: None, *,
                  archive: ArchiveStore | None = None, pbx: str = ""):
         """*observe_download* is given each completed download's duration (metrics);
         *archive*: where archived recordings are read from (*pbx*: this PBX's part
-        of the keys in a mount of several)."""
+        of the keys in a mount of several); *client*: None in a reader mount of a
+        shared catalog, which reads only the archive."""
         self.catalog = catalog
         self.cache = cache
         self.client = client
@@ -411,6 +412,9 @@ class ContentStore:
     def _source(self, transfer: Transfer) -> AbstractAsyncContextManager[Body]:
         if transfer.archive_key is not None and self.archive is not None:
             return self.archive.get(transfer.archive_key)
+        if self.client is None:
+            raise TransferFailed(f"{transfer.name} is not in the archive (yet): a reader mount "
+                                 f"reads recordings from the archive only")
         return self.client.download(transfer.name)
 
     async def _fetch_once(self, transfer: Transfer) -> None:

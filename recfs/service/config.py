@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from recfs.catalog.postgres import PgSettings, is_postgres_url
 from recfs.ingest.gate import parse_networks
 from recfs.pbx.client import normalise_api_version
 from recfs.pbx.tls import parse_fingerprint
@@ -33,7 +34,8 @@ _STRINGS = {"user", "password_file", "api_version", "cafile", "fingerprint", "li
             "report_url", "report_from", "metrics", "views",
             "state_dir", "cache_dir", "prefetch", "umask", "log_level", "log_file", "config",
             "cache_size", "cache_min_free", "archive", "archive_endpoint", "archive_region",
-            "archive_credentials", "archive_profile"}
+            "archive_credentials", "archive_profile", "catalog", "catalog_password_file",
+            "catalog_name"}
 
 
 class OptionError(ValueError):
@@ -86,15 +88,33 @@ class MountOptions:
     archive_credentials: str | None = None  # AWS shared-credentials file; None: AWS_* env
     archive_profile: str = "default"
     max_uploads: int = 2
+    # The shared catalog (recfs/catalog/postgres.py): postgresql://USER@HOST:PORT/DB, or
+    # None: the SQLite catalog in state_dir. A reader mount has it as SOURCE instead.
+    catalog: str | None = None
+    catalog_password_file: str | None = None
+    catalog_name: str | None = None  # this PBX's name in it; default: [pbx.NAME] or HOST-PORT
     # Several PBXs in one mount ([pbx.NAME] tables in the config): NAME → its options.
     pbxs: dict[str, "MountOptions"] | None = None
 
     @property
     def slug(self) -> str:
-        """A directory name for this PBX's state and cache."""
+        """A directory name for this PBX's state and cache (a reader mount's: for its
+        catalog's)."""
         parts = urlsplit(self.source)
         host = (parts.hostname or "pbx").replace(":", "_")
+        if self.is_reader:
+            return f"{host}-{parts.port or 5432}-{parts.path.strip('/') or 'postgres'}"
         return f"{host}-{parts.port or 8088}"
+
+    @property
+    def is_reader(self) -> bool:
+        """SOURCE is a shared catalog, not a PBX: a reader mount."""
+        return is_postgres_url(self.source)
+
+    def catalog_settings(self) -> PgSettings | None:
+        """The shared catalog this mount uses, None for the SQLite one."""
+        url = self.source if self.is_reader else self.catalog
+        return PgSettings(url, self.catalog_password_file) if url else None
 
     def resolved_state_dir(self) -> Path:
         if self.state_dir:
@@ -226,6 +246,9 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
 
     opts = MountOptions(source=source, mountpoint=mountpoint)
     _apply(opts, merged)
+    if opts.is_reader:
+        _check_reader(opts, tables)
+        return opts
     if tables is None:
         _check_pbx(opts, environ)
         return opts
@@ -319,9 +342,29 @@ def _checked(key: str, value: object) -> object:
         raise OptionError(f"{key} must be at least 1")
     if key == "archive" and not str(value).startswith(("s3://", "file:///")):
         raise OptionError(f"archive must be s3://BUCKET[/PREFIX] or file:///PATH, not {value!r}")
+    if key == "catalog":
+        if not is_postgres_url(str(value)):
+            raise OptionError(f"catalog must be postgresql://USER@HOST:PORT/DB, not {value!r}")
+        if urlsplit(str(value)).password is not None:
+            raise OptionError("put the catalog's password in catalog_password_file= or "
+                              "~/.pgpass, not in the URL (it would show in ps and in fstab)")
+    if key == "catalog_name" and not _safe_dir_name(str(value)):
+        raise OptionError(f"catalog_name must be usable as a directory name, not {value!r}")
     if key == "readahead" and not 0 <= int(_scalar(value)) <= 16:
         raise OptionError("readahead must be from 0 to 16")
     return value
+
+
+def _check_reader(opts: MountOptions, tables: object) -> None:
+    """A reader mount: SOURCE is the catalog; the PBXs are those in it."""
+    if tables is not None:
+        raise OptionError("a reader mount (SOURCE is a catalog) takes no [pbx.NAME] tables: "
+                          "it serves the PBXs the catalog holds")
+    if opts.catalog:
+        raise OptionError("a reader mount's catalog is its SOURCE: drop catalog=")
+    if urlsplit(opts.source).password is not None:
+        raise OptionError("put the catalog's password in catalog_password_file= or ~/.pgpass, "
+                          "not in the URL (it would show in ps and in fstab)")
 
 
 def _check_pbx(opts: MountOptions, environ) -> None:

@@ -79,31 +79,36 @@ class _StateCollector(Collector):
 
         counter, gauge = CounterMetricFamily, GaugeMetricFamily
         for pbx, s in self.sources:
-            counters, content, client = s.ingest.counters, s.content, s.client
+            content, client = s.content, s.client
             stats, cache = content.stats, content.cache
-            add(counter, "recfs_reports_received", "Reports received", counters.received, pbx)
-            outcomes = {"added": counters.added, "duplicates": counters.duplicates,
-                        "unrecorded": counters.unrecorded, "ignored": counters.ignored,
-                        "rejected": counters.rejected, "not_stored": counters.not_stored}
-            for outcome, value in outcomes.items():
-                add(counter, "recfs_reports", "Reports pushed by the PBX, by outcome",
-                    value, pbx, outcome=outcome)
+            if s.ingest is not None:
+                counters = s.ingest.counters
+                add(counter, "recfs_reports_received", "Reports received", counters.received, pbx)
+                outcomes = {"added": counters.added, "duplicates": counters.duplicates,
+                            "unrecorded": counters.unrecorded, "ignored": counters.ignored,
+                            "rejected": counters.rejected, "not_stored": counters.not_stored}
+                for outcome, value in outcomes.items():
+                    add(counter, "recfs_reports", "Reports pushed by the PBX, by outcome",
+                        value, pbx, outcome=outcome)
             add(counter, "recfs_catalog_transactions", "Catalog transactions committed or failed",
                 s.writer.stats.transactions - s.writer.stats.failed_commits, pbx,
                 result="committed")
             add(counter, "recfs_catalog_transactions", "Catalog transactions committed or failed",
                 s.writer.stats.failed_commits, pbx, result="failed")
-            add(counter, "recfs_pbx_logins", "Successful PBX logins", client.logins, pbx)
-            add(counter, "recfs_pbx_handshakes", "get_random handshakes for recordings",
-                client.handshakes, pbx)
-            tls = client.tls
-            if tls is not None:  # None: a plain-HTTP PBX
-                add(counter, "recfs_pbx_tls_handshakes", "TLS handshakes with the PBX, by kind",
-                    tls.handshakes - tls.resumed, pbx, kind="full")
-                add(counter, "recfs_pbx_tls_handshakes", "TLS handshakes with the PBX, by kind",
-                    tls.resumed, pbx, kind="resumed")
-            add(gauge, "recfs_pbx_logged_in", "1 while a PBX session is live",
-                1 if client.logged_in else 0, pbx)
+            add(gauge, "recfs_catalog_available", "1 while the catalog's database answers",
+                1 if s.writer.backend.describe()["available"] else 0, pbx)
+            if client is not None:
+                add(counter, "recfs_pbx_logins", "Successful PBX logins", client.logins, pbx)
+                add(counter, "recfs_pbx_handshakes", "get_random handshakes for recordings",
+                    client.handshakes, pbx)
+                tls = client.tls
+                if tls is not None:  # None: a plain-HTTP PBX
+                    add(counter, "recfs_pbx_tls_handshakes", "TLS handshakes with the PBX, by kind",
+                        tls.handshakes - tls.resumed, pbx, kind="full")
+                    add(counter, "recfs_pbx_tls_handshakes", "TLS handshakes with the PBX, by kind",
+                        tls.resumed, pbx, kind="resumed")
+                add(gauge, "recfs_pbx_logged_in", "1 while a PBX session is live",
+                    1 if client.logged_in else 0, pbx)
             add(counter, "recfs_downloads", "Recording downloads", stats.downloads_completed,
                 pbx, result="completed")
             add(counter, "recfs_downloads", "Recording downloads", stats.downloads_failed,

@@ -37,8 +37,9 @@ from recfs.service import systemd
 from recfs.service.config import MountOptions, OptionError
 from recfs.service.first_contact import contact_all
 from recfs.service.metrics import Metrics, serve_metrics
-from recfs.service.mountpoint import EX_CONFIG, MountError, prepare_mountpoint
+from recfs.service.mountpoint import EX_CONFIG, MountError, expected_failure, prepare_mountpoint
 from recfs.service.pbx_service import PbxService
+from recfs.service.reader_service import ReaderService, catalog_pbxs
 from recfs.service.supervise import Supervisor
 from recfs.vfs.core import Owner
 from recfs.vfs.fuse_ops import Filesystem, RecfsOperations
@@ -79,38 +80,47 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
     await prepare_mountpoint(opts.mountpoint, opts.nonempty)  # a dead mount there: detached
     options = fuse_options(opts)
     owner = Owner(opts.uid, opts.gid, opts.umask)
-    sock = _bind("for PBX reports", *opts.listen)
-    port = sock.getsockname()[1]
+    # A reader mount has no PBX to hear from: no report receiver.
+    sock = None if opts.is_reader else _bind("for PBX reports", *opts.listen)
     metrics_sock = _bind("for metrics", *opts.metrics) if opts.metrics else None
     services: list[PbxService] = []
+    readers: list[ReaderService] = []
     stop_servers = trio.Event()
     mount_tasks = Supervisor()
     # Kept whether or not they are served: the histograms are fed as things happen.
     metrics = Metrics(mount_tasks)
     try:
-        for name, pbx_opts in (opts.pbxs or {"": opts}).items():
-            services.append(PbxService(pbx_opts, name, port, owner, metrics.observers,
-                                       mount_tasks))
-        fs: Filesystem
-        if opts.pbxs:
-            fs = MultiFs({svc.name: svc.fs for svc in services}, owner,
-                         status=lambda: {"pbxs": {svc.name: svc.status.snapshot()
-                                                  for svc in services}})
+        parts: list[PbxService | ReaderService]
+        if sock is None:
+            readers = await _reader_services(opts, owner, metrics, mount_tasks)
+            parts = list(readers)
         else:
-            fs = services[0].fs
-        for svc in services:
-            metrics.watch(svc.status, svc.name)
+            port = sock.getsockname()[1]
+            for name, pbx_opts in (opts.pbxs or {"": opts}).items():
+                services.append(PbxService(pbx_opts, name, port, owner, metrics.observers,
+                                           mount_tasks))
+            parts = list(services)
+        fs: Filesystem
+        if len(parts) > 1 or opts.pbxs:
+            fs = MultiFs({part.name: part.fs for part in parts}, owner,
+                         status=lambda: {"pbxs": {part.name: part.status.snapshot()
+                                                  for part in parts}})
+        else:
+            fs = parts[0].fs
+        for part in parts:
+            metrics.watch(part.status, part.name)
         async with trio.open_nursery() as nursery:
-            for svc in services:
-                await svc.start(nursery)
-            router = ReportRouter({svc.secret: svc.report_app() for svc in services})
-            # Supervised like every background task; the socket listens already, so
-            # the PBX's first reports wait in its backlog, never refused.
-            mount_tasks.start(nursery, "report receiver", _serving(
-                "for PBX reports", sock, lambda s: serve_reports(router, s, stop_servers)))
-            await contact_all(services)  # wrong configuration: MountError; PBX down: mount
-            for svc in services:
-                await svc.check_archive()  # likewise
+            for part in parts:
+                await part.start(nursery)
+            if sock is not None:
+                router = ReportRouter({svc.secret: svc.report_app() for svc in services})
+                # Supervised like every background task; the socket listens already, so
+                # the PBX's first reports wait in its backlog, never refused.
+                mount_tasks.start(nursery, "report receiver", _serving(
+                    "for PBX reports", sock, lambda s: serve_reports(router, s, stop_servers)))
+                await contact_all(services)  # wrong configuration: MountError; PBX down: mount
+            for part in parts:
+                await part.check_archive()  # likewise
             if metrics_sock is not None:
                 mount_tasks.start(nursery, "metrics endpoint", _serving(
                     "for metrics", metrics_sock, lambda s: serve_metrics(metrics, s, stop_servers)))
@@ -120,12 +130,10 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
             except RuntimeError as exc:
                 raise MountError(f"cannot mount on {opts.mountpoint}: {exc}") from None
             try:
-                for svc in services:
-                    svc.run_in(nursery)
+                for part in parts:
+                    part.run_in(nursery)
                 nursery.start_soon(_stop_on_signal)
-                log.info("mounted %s on %s", opts.source if not opts.pbxs else
-                         ", ".join(f"{svc.name}={svc.opts.source}" for svc in services),
-                         opts.mountpoint)
+                log.info("mounted %s on %s", _described(opts, services), opts.mountpoint)
                 task_status.started()
                 systemd.notify("READY=1\nSTATUS=mounted")
                 await pyfuse3.main()
@@ -138,11 +146,36 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
                 async with trio.open_nursery() as farewells:
                     for svc in services:
                         farewells.start_soon(svc.log_out)
-                        farewells.start_soon(svc.close_archive)
+                    for part in parts:
+                        farewells.start_soon(part.close_archive)
     finally:
         for svc in services:
             svc.close()
+        for reader in readers:
+            reader.close()
     log.info("unmounted %s", opts.mountpoint)
+
+
+async def _reader_services(opts: MountOptions, owner: Owner, metrics: Metrics,
+                           mount_tasks: Supervisor) -> list[ReaderService]:
+    """A reader mount's parts: one per PBX of the catalog (a directory each when it
+    holds several, the PBX's name)."""
+    settings = opts.catalog_settings()
+    assert settings is not None
+    entries = await trio.to_thread.run_sync(catalog_pbxs, settings)
+    names = [entry.key.name if len(entries) > 1 else "" for entry in entries]
+    return [ReaderService(opts, entry, name, owner, metrics.observers, mount_tasks)
+            for entry, name in zip(entries, names)]
+
+
+def _described(opts: MountOptions, services: list[PbxService]) -> str:
+    """What the mount serves, for its log line (never a password)."""
+    settings = opts.catalog_settings()
+    if opts.is_reader and settings is not None:
+        return f"the catalog {settings.shown}"
+    if opts.pbxs:
+        return ", ".join(f"{svc.name}={svc.opts.source}" for svc in services)
+    return opts.source
 
 
 def _bind(purpose: str, host: str, port: int) -> socket.socket:
@@ -190,7 +223,7 @@ def run(opts: MountOptions, on_ready: Callable[[], None] | None = None,
     try:
         trio.run(main)
     except BaseException as exc:
-        expected = _expected_failure(exc)
+        expected = expected_failure(exc)
         if expected is None:
             raise
         message = str(expected)
@@ -206,18 +239,6 @@ def run(opts: MountOptions, on_ready: Callable[[], None] | None = None,
 # Marks the log line of the failure that ends the command (the parent of a background
 # mount prints the failure itself, not this line).
 _FAILURE = {"mount_failure": True}
-
-
-def _expected_failure(exc: BaseException) -> BaseException | None:
-    """The MountError/OptionError inside *exc*, even when trio wrapped it in a group."""
-    if isinstance(exc, (MountError, OptionError)):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _expected_failure(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def run_in_background(opts: MountOptions, start_logging: Callable[[], None]) -> int:

@@ -54,6 +54,20 @@ class MountError(Exception):
 EX_CONFIG = 78
 
 
+def expected_failure(exc: BaseException) -> BaseException | None:
+    """The MountError or OptionError inside *exc*, even when trio wrapped it in a
+    group: a failure that ends a command with one line rather than a traceback."""
+    from recfs.service.config import OptionError
+    if isinstance(exc, (MountError, OptionError)):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = expected_failure(inner)
+            if found is not None:
+                return found
+    return None
+
+
 class ConfigurationError(MountError):
     """The PBX refused the configuration (credentials, certificate, not a PBX API)."""
 

@@ -8,17 +8,27 @@ inode: a catalog opened without it would hand out numbers the mount never would)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from recfs.archive import ArchiveError, ArchiveStore, open_store
+import trio
+
 from recfs.catalog.database import Catalog
+from recfs.content.cache import DiskCache, resolve_size
+from recfs.catalog.postgres import (CatalogBusy, CatalogConfigError, CatalogUnavailable, PbxKey,
+                                    PgSettings)
+from recfs.catalog.schema import SchemaError
+from recfs.catalog.shared import SharedBackend
 from recfs.catalog.watch import CatalogWatch
-from recfs.catalog.writer import CatalogWriter
+from recfs.catalog.writer import Backend, CatalogWriter
 from recfs.ingest.gate import load_secret
 from recfs.pbx.client import PbxClient, ReportTarget
 from recfs.pbx.clock import META_KEY as OFFSET_KEY, PbxClock
 from recfs.pbx.tls import parse_fingerprint, verification
 from recfs.service.config import MountOptions, OptionError, report_target_fields
+from recfs.service.mountpoint import ConfigurationError, MountError
 
 log = logging.getLogger("recfs.service")
 
@@ -33,10 +43,13 @@ class PbxParts:
     secret: str  # the last part of the report path registered at login
 
 
-def open_pbx(opts: MountOptions, name: str, report_port: int) -> PbxParts:
+def open_pbx(opts: MountOptions, name: str, report_port: int, *,
+             exclusive: bool = True) -> PbxParts:
     """Open the PBX's catalog and build its client. *name*: the PBX's directory in a
     mount of several PBXs ("" when it is the only one); *report_port*: the mount's
-    receiver port, registered at every login."""
+    receiver port, registered at every login; *exclusive*: take the PBX's ingest
+    lock in a shared catalog (the mount does; `recfs backfill` and `recfs archive`
+    run beside it)."""
     if opts.insecure:
         log.warning("%s: TLS verification is OFF (insecure): anyone on the path to the "
                     "PBX can read the recordings and the API password hash", opts.source)
@@ -45,8 +58,7 @@ def open_pbx(opts: MountOptions, name: str, report_port: int) -> PbxParts:
                     "unencrypted", opts.source)
     opts.read_password()  # fail now, clearly, rather than at the first login
     state_dir = opts.resolved_state_dir()
-    catalog = Catalog(state_dir / "catalog.sqlite", namespace=name)
-    watch = CatalogWatch(catalog)
+    catalog, watch, writer = open_catalog(opts, name, exclusive=exclusive)
     secret = load_secret(state_dir)
     target_port, url, urltag = report_target_fields(opts, report_port, secret)
     pin = parse_fingerprint(opts.fingerprint) if opts.fingerprint else None
@@ -56,8 +68,58 @@ def open_pbx(opts: MountOptions, name: str, report_port: int) -> PbxParts:
         verify=verification(opts.cafile, opts.insecure, pin), fingerprint=pin,
         io_timeout=opts.io_timeout,
     )
-    return PbxParts(catalog, watch, CatalogWriter(catalog, watch),
-                    PbxClock(_stored_offset(catalog)), client, secret)
+    return PbxParts(catalog, watch, writer, PbxClock(_stored_offset(catalog)), client, secret)
+
+
+def open_catalog(opts: MountOptions, name: str, *, exclusive: bool = True) -> tuple[
+        Catalog, CatalogWatch, CatalogWriter]:
+    """The catalog a PBX's ingest reads and writes: STATE_DIR/catalog.sqlite, or with
+    `catalog=postgresql://...` the shared catalog, read through the local replica
+    STATE_DIR/replica.sqlite."""
+    state_dir = opts.resolved_state_dir()
+    settings = opts.catalog_settings()
+    if settings is None:
+        catalog = Catalog(state_dir / "catalog.sqlite", namespace=name)
+        watch = CatalogWatch(catalog)
+        return catalog, watch, CatalogWriter(catalog, watch)
+    catalog = Catalog(state_dir / "replica.sqlite", namespace=name)
+    watch = CatalogWatch(catalog)
+    backend = SharedBackend(settings, PbxKey(opts.catalog_name or name or opts.slug, name),
+                            catalog, ingest=True, exclusive=exclusive, source=opts.source,
+                            archive=opts.archive)
+    return catalog, watch, CatalogWriter(catalog, watch, backend)
+
+
+def open_replica(settings: PgSettings, pbx: PbxKey, path: Path) -> tuple[
+        Catalog, CatalogWatch, CatalogWriter]:
+    """A reader mount's view of one PBX of a shared catalog: its local replica, and
+    the writer thread that keeps it (and never writes the shared catalog)."""
+    catalog = Catalog(path, namespace=pbx.namespace)
+    watch = CatalogWatch(catalog)
+    backend: Backend = SharedBackend(settings, pbx, catalog, ingest=False)
+    return catalog, watch, CatalogWriter(catalog, watch, backend)
+
+
+# Another ingest mount holds the PBX: a standby may take over once it is gone, so
+# systemd should try again later (sysexits.h EX_TEMPFAIL).
+EX_TEMPFAIL = 75
+
+
+class CatalogBusyError(MountError):
+    exit_status = EX_TEMPFAIL
+
+
+async def start_writer(nursery: trio.Nursery, writer: CatalogWriter) -> None:
+    """Start the catalog's writer; a catalog that cannot be used is a MountError
+    saying why (one line, no traceback)."""
+    try:
+        await nursery.start(writer.run)
+    except CatalogBusy as exc:
+        raise CatalogBusyError(str(exc)) from None
+    except (CatalogConfigError, SchemaError) as exc:
+        raise ConfigurationError(str(exc)) from None
+    except CatalogUnavailable as exc:
+        raise MountError(f"{exc}; is the database running?") from None
 
 
 def open_archive(opts: MountOptions) -> ArchiveStore | None:
@@ -80,3 +142,19 @@ def _stored_offset(catalog: Catalog) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def open_cache(opts: MountOptions, may_evict: Callable[[int], bool] | None) -> DiskCache:
+    """The PBX's cache; *may_evict*: whether a file may go (None: any may)."""
+    root = opts.resolved_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    # Defaults: a quarter of the cache filesystem, and never less than 5 % of it free.
+    max_bytes = resolve_size(opts.cache_size, root, 25)
+    min_free = resolve_size(opts.cache_min_free, root, 5)
+    return DiskCache(root, max_bytes=max_bytes, min_free=min_free,
+                     index_path=opts.resolved_state_dir() / "cache-index.sqlite",
+                     may_evict=may_evict or _anything)
+
+
+def _anything(ino: int) -> bool:
+    return True

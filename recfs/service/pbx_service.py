@@ -18,7 +18,6 @@ import trio
 from recfs.archive import ArchiveError
 from recfs.catalog.database import Archive, Recording
 from recfs.content.archiver import Archiver
-from recfs.content.cache import DiskCache, resolve_size
 from recfs.content.prefetch import PrefetchAll
 from recfs.content.store import ContentStore, DownloadPolicy
 from recfs.ingest.backfill import Backfill, BackfillKeeper
@@ -30,7 +29,7 @@ from recfs.pbx.session import keep_session
 from recfs.service.config import MountOptions
 from recfs.service.metrics import Observers
 from recfs.service.mountpoint import ConfigurationError
-from recfs.service.parts import open_archive, open_pbx
+from recfs.service.parts import open_archive, open_cache, open_pbx, start_writer
 from recfs.service.status import StatusSources
 from recfs.service.supervise import Supervisor
 from recfs.vfs.core import Owner, RecordingsFs
@@ -49,7 +48,7 @@ class PbxService:
         self.catalog, self.watch, self.writer = parts.catalog, parts.watch, parts.writer
         self.clock, self.client, self.secret = parts.clock, parts.client, parts.secret
         self.archive = open_archive(opts)
-        self.cache = _open_cache(opts, self._may_evict if self.archive is not None else None)
+        self.cache = open_cache(opts, self._may_evict if self.archive is not None else None)
         self.gate = ReportGate(self.secret,
                                parse_networks(opts.report_from) if opts.report_from else None,
                                opts.source)
@@ -101,7 +100,7 @@ class PbxService:
         """What must run before the mount is ready: the catalog's writer (a catalog
         that cannot be opened fails the mount) and the downloads."""
         await self.gate.learn_source_addresses()
-        await nursery.start(self.writer.run)
+        await start_writer(nursery, self.writer)
         await nursery.start(self.content.run)
 
     async def first_contact(self) -> None:
@@ -157,21 +156,6 @@ class PbxService:
 
 def _ignore(rec: Recording) -> None:
     pass
-
-
-def _anything(ino: int) -> bool:
-    return True
-
-
-def _open_cache(opts: MountOptions, may_evict: Callable[[int], bool] | None) -> DiskCache:
-    root = opts.resolved_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    # Defaults: a quarter of the cache filesystem, and never less than 5 % of it free.
-    max_bytes = resolve_size(opts.cache_size, root, 25)
-    min_free = resolve_size(opts.cache_min_free, root, 5)
-    return DiskCache(root, max_bytes=max_bytes, min_free=min_free,
-                     index_path=opts.resolved_state_dir() / "cache-index.sqlite",
-                     may_evict=may_evict or _anything)
 
 
 async def _follow_source_address(gate: ReportGate) -> None:

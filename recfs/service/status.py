@@ -26,8 +26,8 @@ class StatusSources:
 
     source: str
     mountpoint: str
-    client: PbxClient
-    ingest: Ingest
+    client: PbxClient | None  # None: a reader mount of a shared catalog (no PBX)
+    ingest: Ingest | None
     content: ContentStore
     catalog: Catalog
     writer: CatalogWriter
@@ -40,29 +40,29 @@ class StatusSources:
     def snapshot(self) -> dict[str, Any]:
         client, ingest, content = self.client, self.ingest, self.content
         cache = content.cache
-        guard_error = client.guard.last_error
         problems = self.problems.last_hour()
-        counters = ingest.counters
         return {
             "source": self.source,
             "mountpoint": self.mountpoint,
             "since": self.started,
-            "pbx": {
+            "pbx": None if client is None else {
                 "logged_in": client.logged_in,
                 "logins": client.logins,
                 "last_contact": client.last_interaction,
-                "problem": str(guard_error) if guard_error and not client.logged_in else None,
+                "problem": str(client.guard.last_error)
+                if client.guard.last_error and not client.logged_in else None,
             },
-            "reports": {
-                "last": counters.last_report,
-                "received": counters.received,
-                "added": counters.added,
-                "rejected": counters.rejected,
+            "reports": None if ingest is None else {
+                "last": ingest.counters.last_report,
+                "received": ingest.counters.received,
+                "added": ingest.counters.added,
+                "rejected": ingest.counters.rejected,
             },
             "recordings": self.catalog.count(),
             "catalog": {
                 "failed_commits": self.writer.stats.failed_commits,
                 "last_error": self.writer.stats.last_error,
+                **self.writer.backend.describe(),
             },
             "cache": {
                 "files": cache.complete_files,

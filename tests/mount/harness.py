@@ -155,7 +155,10 @@ class Mount:
     """
 
     def __init__(self, sim: Sim, workdir: Path, *options: str, background: bool = False,
-                 env: dict[str, str] | None = None, allowed_errors: list[str] | tuple = ()):
+                 env: dict[str, str] | None = None, allowed_errors: list[str] | tuple = (),
+                 catalog: str | None = None):
+        """*catalog*: a reader mount of that shared catalog (postgresql://...) instead
+        of a mount of *sim* (whose secrets its log is still checked against)."""
         self.env = {**os.environ, **(env or {})}
         self.sim = sim
         self.workdir = workdir
@@ -167,11 +170,11 @@ class Mount:
         password_file.write_text(sim.password + "\n")
         password_file.chmod(0o600)
         self.log_path = workdir / "recfs.log"
-        opts = ",".join([f"user={sim.user}", f"password_file={password_file}",
-                         f"cafile={sim.cafile}", "listen=127.0.0.1:0",
-                         f"state_dir={self.state_dir}", f"cache_dir={self.cache_dir}",
-                         f"log_file={self.log_path}", "heartbeat=60", *options])
-        self.argv = [*RECFS, "mount", sim.url, str(self.path), "-o", opts]
+        pbx = [] if catalog else [f"user={sim.user}", f"password_file={password_file}",
+                                  f"cafile={sim.cafile}", "listen=127.0.0.1:0", "heartbeat=60"]
+        opts = ",".join([*pbx, f"state_dir={self.state_dir}", f"cache_dir={self.cache_dir}",
+                         f"log_file={self.log_path}", *options])
+        self.argv = [*RECFS, "mount", catalog or sim.url, str(self.path), "-o", opts]
         self.background = background
         self.allowed_errors: list[re.Pattern[str]] = []
         self.allow(*allowed_errors)

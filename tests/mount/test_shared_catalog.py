@@ -1,0 +1,163 @@
+"""Beyond one machine: an ingest mount writing a real PostgreSQL catalog and a real
+S3 archive (SeaweedFS), and a reader mount serving the same tree from them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+
+import httpx
+import psycopg
+
+from tests.mount.harness import RECFS, Mount, wait_for
+from tests.mount.test_archive import s3_options
+
+
+def status(mount: Mount) -> dict:
+    return json.loads(os.getxattr(mount.path, "user.recfs.mount"))
+
+
+def tree(root) -> dict[str, os.stat_result]:
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            found[os.path.relpath(path, root)] = os.lstat(path)
+    return found
+
+
+def xattrs(path) -> dict[str, bytes]:
+    return {name: os.getxattr(path, name) for name in os.listxattr(path)}
+
+
+def archived_all(mount: Mount, count: int) -> bool:
+    backlog = status(mount)["archive"]
+    return backlog["pending"] == 0 and mount_count(mount) >= count
+
+
+def mount_count(mount: Mount) -> int:
+    return status(mount)["recordings"]
+
+
+def test_reader_mount_serves_the_ingest_mounts_tree(sim, s3_bucket, pg_catalog, tmp_path):
+    archive = s3_options(s3_bucket, tmp_path)
+    ingest = Mount(sim, tmp_path / "ingest", f"catalog={pg_catalog}", *archive)
+    cdrs = [sim.call(duration=2, caller=f"10{i}", callee="2001") for i in range(6)]
+    for cdr in cdrs:
+        ingest.wait_file(cdr)
+    wait_for(lambda: archived_all(ingest, 6), 30, what="six uploads")
+    downloads = sim.stats()["downloads"]
+
+    # The reader: no PBX options, SOURCE is the catalog; the archive comes from it too.
+    reader = Mount(sim, tmp_path / "reader", *archive[1:], catalog=pg_catalog)
+    assert status(reader)["pbx"] is None
+    assert status(reader)["catalog"]["role"] == "reader"
+    mine, theirs = tree(ingest.path), tree(reader.path)
+    assert mine.keys() == theirs.keys() and len(mine) > 6
+    for path, a in mine.items():
+        b = theirs[path]
+        assert (a.st_ino, a.st_mode, a.st_size, a.st_mtime, a.st_nlink, a.st_uid) == \
+            (b.st_ino, b.st_mode, b.st_size, b.st_mtime, b.st_nlink, b.st_uid), path
+        assert xattrs(ingest.path / path) == xattrs(reader.path / path), path
+    for cdr in cdrs:
+        data = reader.file_of(cdr).read_bytes()
+        assert data == sim.recording_bytes(cdr["recording"])
+        assert hashlib.sha256(data).hexdigest() == \
+            os.getxattr(reader.file_of(cdr), "user.recfs.sha256").decode()
+    assert sim.stats()["downloads"] == downloads  # the reader never asked the PBX
+
+    # A new call appears on the reader within 2 s of its report being acknowledged.
+    cdr = sim.call(duration=2)
+    ingest.wait_file(cdr)
+    started = time.monotonic()
+    reader.wait_file(cdr, timeout=2.0)
+    assert time.monotonic() - started < 2.0
+
+    # Readers write nothing to the catalog: its rows are the ingest mount's.
+    with psycopg.connect(pg_catalog) as db:
+        rows = db.execute("SELECT COUNT(*) FROM recfs.recordings").fetchone()
+        assert rows == (7,)
+
+
+def test_one_ingest_mount_per_pbx(sim, pg_catalog, tmp_path):
+    first = Mount(sim, tmp_path / "a", f"catalog={pg_catalog}", "catalog_name=site")
+    mountpoint = tmp_path / "b" / "mnt"
+    mountpoint.mkdir(parents=True)
+    password = tmp_path / "pw"
+    password.write_text(sim.password + "\n")
+    password.chmod(0o600)
+    done = subprocess.run(
+        [*RECFS, "mount", sim.url, str(mountpoint), "-f", "-o",
+         f"user={sim.user},password_file={password},cafile={sim.cafile},listen=127.0.0.1:0,"
+         f"state_dir={tmp_path / 'b' / 'state'},cache_dir={tmp_path / 'b' / 'cache'},"
+         f"catalog={pg_catalog},catalog_name=site"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 75, done.stderr
+    assert "another ingest mount" in done.stderr and "only one may" in done.stderr
+    assert not os.path.ismount(mountpoint)
+    cdr = sim.call(duration=1)
+    first.wait_file(cdr)  # the first goes on as if nothing happened
+    # kill -9 of the first: the server sees its connection close, the lock is free,
+    # and a standby takes over (systemd restarts it after exit 75).
+    assert first.proc is not None
+    first.proc.kill()
+    first.proc.wait()
+    subprocess.run(["fusermount3", "-uz", str(first.path)], timeout=30)
+    standby = Mount(sim, tmp_path / "c", f"catalog={pg_catalog}", "catalog_name=site")
+    cdr = sim.call(duration=1)
+    standby.wait_file(cdr, timeout=15)  # reports go to the standby's receiver now
+
+
+def test_database_restart_under_a_stream_of_reports(sim, s3_bucket, postgres_own, tmp_path):
+    """`pg_ctl -m immediate` while the PBX keeps reporting: reports are refused (the
+    PBX sends them again), reads go on on both mounts, and afterwards every report the
+    ingest mount acknowledged is on both."""
+    url = postgres_own.new_database()
+    archive = s3_options(s3_bucket, tmp_path)
+    ingest = Mount(sim, tmp_path / "ingest", f"catalog={url}", *archive,
+                   allowed_errors=[r"catalog commit of \d+ operation", r"catalog write failed"])
+    first = [sim.call(duration=1) for _ in range(3)]
+    for cdr in first:
+        ingest.wait_file(cdr)
+    wait_for(lambda: archived_all(ingest, 3), 30, what="uploads")
+    reader = Mount(sim, tmp_path / "reader", *archive[1:], catalog=url)
+    for cdr in first:
+        reader.file_of(cdr).read_bytes()  # into the reader's cache
+
+    made: list[dict] = []
+    stop = threading.Event()
+
+    def calls() -> None:
+        while not stop.is_set():
+            try:
+                made.append(sim.call(duration=1))
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+
+    caller = threading.Thread(target=calls)
+    caller.start()
+    try:
+        time.sleep(1)
+        postgres_own.crash()
+        # Down: cached reads on both mounts work, the tree is as it was.
+        for cdr in first:
+            assert ingest.file_of(cdr).read_bytes() == reader.file_of(cdr).read_bytes()
+        wait_for(lambda: not status(reader)["catalog"]["available"], 10, what="reader notices")
+        time.sleep(2)
+        postgres_own.up()
+        time.sleep(2)
+    finally:
+        stop.set()
+        caller.join()
+    assert len(made) > 20
+    # The simulator re-sends unacknowledged reports: every call arrives.
+    for cdr in made:
+        ingest.wait_file(cdr, timeout=60)
+    for cdr in made:
+        reader.wait_file(cdr, timeout=10)
+    assert status(reader)["catalog"]["available"] and status(ingest)["catalog"]["available"]
