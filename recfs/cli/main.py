@@ -116,16 +116,20 @@ def cmd_backfill(argv: list[str]) -> int:
 
 COMMANDS = {"mount": cmd_mount, "status": cmd_status, "demo": cmd_demo, "sim": cmd_sim, "backfill": cmd_backfill,
             # imported when run: `recfs status` must start fast (see the top)
-            "archive": lambda argv: __import__("recfs.cli.archive", fromlist=["main"]).main(argv)}
+            "archive": lambda argv: __import__("recfs.cli.archive", fromlist=["main"]).main(argv),
+            "catalog": lambda argv: __import__("recfs.cli.catalog", fromlist=["main"]).main(argv)}
 
 USAGE = """usage: recfs COMMAND ...
 
 commands:
-  mount SOURCE MOUNTPOINT [-f] [-o OPT,...]   mount a PBX's recordings
+  mount SOURCE MOUNTPOINT [-f] [-o OPT,...]   mount a PBX's recordings (SOURCE: its URL), or
+                                              a shared catalog's (SOURCE: postgresql://...)
   backfill SOURCE --since DATE [--until DATE] -o OPT,...
                                               import the PBX's call history (CDR)
   archive SOURCE [--verify] -o archive=URL,...
                                               put every recording into the archive (or check it)
+  catalog copy SQLITE_FILE postgresql://... --name NAME
+                                              move a catalog into a shared one (PostgreSQL)
   status MOUNTPOINT [--json]                  what a running mount is doing
   demo [MOUNTPOINT]                           built-in PBX simulator + mount, to try recfs
   sim [...]                                   the PBX simulator alone

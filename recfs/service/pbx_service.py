@@ -101,6 +101,7 @@ class PbxService:
         that cannot be opened fails the mount) and the downloads."""
         await self.gate.learn_source_addresses()
         await start_writer(nursery, self.writer)
+        self.fs.refresh()  # a shared catalog's replica has just caught up
         await nursery.start(self.content.run)
 
     async def first_contact(self) -> None:

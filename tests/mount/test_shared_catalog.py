@@ -161,3 +161,30 @@ def test_database_restart_under_a_stream_of_reports(sim, s3_bucket, postgres_own
     for cdr in made:
         reader.wait_file(cdr, timeout=10)
     assert status(reader)["catalog"]["available"] and status(ingest)["catalog"]["available"]
+
+
+def test_a_single_servers_catalog_moves_into_postgresql(sim, pg_catalog, tmp_path):
+    """`recfs catalog copy`: the same inode numbers before and after; the PBX's
+    history goes on in the shared catalog; a second copy is refused."""
+    before = Mount(sim, tmp_path / "sqlite")
+    cdrs = [sim.call(duration=1) for _ in range(4)]
+    for cdr in cdrs:
+        before.wait_file(cdr)
+    inodes = {cdr["recording"]: os.stat(before.file_of(cdr)).st_ino for cdr in cdrs}
+    assert before.unmount() == 0
+    command = [*RECFS, "catalog", "copy", str(before.state_dir / "catalog.sqlite"), pg_catalog,
+               "--name", "site", "-q"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "copied 4 recordings" in done.stdout
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "has recordings" in again.stderr
+
+    after = Mount(sim, tmp_path / "shared", f"catalog={pg_catalog}", "catalog_name=site")
+    for cdr in cdrs:
+        assert os.stat(after.file_of(cdr)).st_ino == inodes[cdr["recording"]]
+    cdr = sim.call(duration=1)
+    after.wait_file(cdr)
+    with psycopg.connect(pg_catalog) as db:
+        assert db.execute("SELECT COUNT(*) FROM recfs.recordings WHERE pbx = 'site'"
+                          ).fetchone() == (5,)

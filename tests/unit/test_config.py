@@ -116,3 +116,32 @@ def test_bad_pbx_tables(tmp_path, table, message):
     conf.write_text(table)
     with pytest.raises(OptionError, match=message):
         build_options("recfs", "/mnt", {"config": str(conf)}, {"RECFS_PASSWORD": "pw"})
+
+
+def test_shared_catalog_options():
+    o = opts("catalog=postgresql://recfs@db:5432/rec,catalog_name=site-a")
+    settings = o.catalog_settings()
+    assert settings is not None and settings.shown == "postgresql://recfs@db:5432/rec"
+    assert (o.is_reader, o.catalog_name) == (False, "site-a")
+    assert opts("").catalog_settings() is None
+    with pytest.raises(OptionError, match="postgresql://"):
+        opts("catalog=mysql://db/rec")
+    with pytest.raises(OptionError, match="not in the URL"):
+        opts("catalog=postgresql://recfs:hunter2@db/rec")
+    with pytest.raises(OptionError, match="directory name"):
+        opts("catalog=postgresql://recfs@db/rec,catalog_name=../x")
+
+
+def test_reader_mount_options(tmp_path):
+    reader = build_options("postgresql://recfs@db:5432/rec", "/mnt",
+                           split_options("archive_endpoint=http://s3:9000"), {})
+    assert reader.is_reader and reader.slug == "db-5432-rec"  # no password needed
+    with pytest.raises(OptionError, match="not in the URL"):
+        build_options("postgresql://recfs:pw@db/rec", "/mnt", {}, {})
+    with pytest.raises(OptionError, match="catalog is its SOURCE"):
+        build_options("postgresql://recfs@db/rec", "/mnt",
+                      split_options("catalog=postgresql://recfs@db/other"), {})
+    config = tmp_path / "c.toml"
+    config.write_text('[pbx.a]\nsource = "https://a:8088"\n')
+    with pytest.raises(OptionError, match="no \\[pbx.NAME\\] tables"):
+        build_options("postgresql://recfs@db/rec", "/mnt", {"config": str(config)}, {})

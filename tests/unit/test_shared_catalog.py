@@ -191,3 +191,69 @@ def test_password_file_readable_by_everyone_is_refused(tmp_path):
     os.chmod(secret, 0o600)
     assert PgSettings("postgresql://u@127.0.0.1:1/db", str(secret)).password() == "hunter2"
     assert "hunter2" not in PgSettings("postgresql://u:hunter2@127.0.0.1:1/db").shown
+
+
+async def test_every_writer_at_once_and_a_follower_misses_nothing(pg_catalog, tmp_path):
+    """Reports, back-fill windows, sizes and meta from the ingest mount, a `recfs
+    backfill` (another writer of the same PBX, no lock) and another PBX's ingest, all
+    at once, while a reader follows: every acknowledged row is in PostgreSQL and in
+    the reader's replica, with its latest size (the change numbers commit in order)."""
+    ingest = writer_for(pg_catalog, tmp_path / "ingest.sqlite")
+    backfill = CatalogWriter(Catalog(tmp_path / "backfill.sqlite"), None, SharedBackend(
+        PgSettings(pg_catalog), PBX, Catalog(tmp_path / "backfill.sqlite"), ingest=True,
+        exclusive=False, follow_interval=0.05))
+    other = writer_for(pg_catalog, tmp_path / "other.sqlite", PbxKey("site-b", ""))
+    reader = writer_for(pg_catalog, tmp_path / "reader.sqlite", ingest=False, interval=0.01)
+    added: dict[str, int] = {}
+    sized: dict[int, int] = {}
+    async with trio.open_nursery() as nursery:
+        for writer in (ingest, backfill, other, reader):
+            await nursery.start(writer.run)
+
+        async def reporter(first: int) -> None:
+            for i in range(first, first + 50):
+                rec = await ingest.add(call(i), utc_offset=0)
+                assert rec is not None
+                added[rec.name] = rec.ino
+
+        async def backfiller(batch: int) -> None:
+            calls = [call(10_000 + batch * 100 + i, "b") for i in range(100)]
+            for rec in await backfill.add_many(calls, utc_offset=0):
+                assert rec is not None
+                added[rec.name] = rec.ino
+
+        async def sizer() -> None:
+            for n in range(200):
+                if added:
+                    ino = list(added.values())[n % len(added)]
+                    await ingest.set_size(ino, 1000 + n)
+                    sized[ino] = 1000 + n
+                await trio.sleep(0)
+
+        async def elsewhere() -> None:
+            for i in range(300):
+                assert await other.add(call(i, "o")) is not None
+
+        async with trio.open_nursery() as work:
+            for first in range(0, 500, 50):
+                work.start_soon(reporter, first)
+            for batch in range(4):
+                work.start_soon(backfiller, batch)
+            work.start_soon(sizer)
+            work.start_soon(elsewhere)
+            work.start_soon(lambda: ingest.set_meta("probe", "1"))
+        with trio.fail_after(10):
+            while reader.catalog.count() < len(added):
+                await trio.sleep(0.05)
+        await trio.sleep(0.3)  # and nothing more arrives than was written
+        nursery.cancel_scope.cancel()
+    assert len(added) == 900
+    replica = Catalog(tmp_path / "reader.sqlite")
+    assert replica.count() == 900
+    for name, ino in added.items():
+        rec = replica.by_name(name)
+        assert rec is not None and rec.ino == ino
+        assert rec.size == sized.get(ino)
+    with psycopg.connect(pg_catalog) as db:
+        assert db.execute("SELECT pbx, COUNT(*) FROM recfs.recordings GROUP BY pbx ORDER BY pbx"
+                          ).fetchall() == [("site-a", 900), ("site-b", 300)]
