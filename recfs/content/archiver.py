@@ -28,6 +28,7 @@ import trio
 
 from recfs.archive import ArchiveError, ArchiveStore, PutOutcome, key_for
 from recfs.catalog.database import Archive, Catalog, Recording
+from recfs.catalog.shared import WRITE_FAILURES
 from recfs.catalog.writer import CatalogWriter
 from recfs.content.cache import DiskCache
 
@@ -38,6 +39,7 @@ log = logging.getLogger("recfs.archive")
 RECHECK = 30.0
 FIRST_PAUSE = 10.0
 MAX_PAUSE = 3600.0
+CATALOG_PAUSE = 5.0  # seconds, after the catalog could not record an upload
 _HASH_CHUNK = 1 << 20
 
 
@@ -132,6 +134,13 @@ class Archiver:
     async def _upload_released(self, rec: Recording, slots: trio.Semaphore) -> None:
         try:
             await self.upload(rec)
+        except WRITE_FAILURES as exc:
+            # The catalog cannot take the outcome (its database is down, its disk
+            # full): the recording stays pending, and the next try finds the object
+            # there already. A pause, not a hot loop over the same queue.
+            log.warning("archiving %s: the catalog cannot record it now (%s); trying again "
+                        "in %.0f s", rec.name, exc, CATALOG_PAUSE)
+            await trio.sleep(CATALOG_PAUSE)
         finally:
             slots.release()
 

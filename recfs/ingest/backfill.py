@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 import trio
 
+from recfs.catalog.shared import WRITE_FAILURES
 from recfs.pbx.clock import PbxClock, format_local, parse_local
 from recfs.pbx.cdr import CdrFormatError, parse_cdr_csv
 from recfs.pbx.client import PbxClient
@@ -178,7 +179,7 @@ class BackfillKeeper:
                 span = self.gap() if pending_gap else self.recent()
                 try:
                     await self._run(what, span)
-                except (PbxError, CdrFormatError, OSError) as exc:
+                except (PbxError, CdrFormatError, OSError) + WRITE_FAILURES as exc:
                     failures += 1
                     pause = min(10.0 * 2 ** (failures - 1), 600.0)
                     retry_at = trio.current_time() + pause

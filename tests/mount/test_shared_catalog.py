@@ -56,6 +56,9 @@ def test_reader_mount_serves_the_ingest_mounts_tree(sim, s3_bucket, pg_catalog, 
     reader = Mount(sim, tmp_path / "reader", *archive[1:], catalog=pg_catalog)
     assert status(reader)["pbx"] is None
     assert status(reader)["catalog"]["role"] == "reader"
+    shown = subprocess.run([*RECFS, "status", str(reader.path)], capture_output=True, text=True,
+                           timeout=30).stdout
+    assert "reader mount" in shown and "(reader, PBX 127.0.0.1-" in shown and "answering" in shown
     mine, theirs = tree(ingest.path), tree(reader.path)
     assert mine.keys() == theirs.keys() and len(mine) > 6
     for path, a in mine.items():
