@@ -136,6 +136,18 @@ def open_archive(opts: MountOptions) -> ArchiveStore | None:
         raise OptionError(str(exc)) from None
 
 
+async def check_archive(archive: ArchiveStore, who: str, meanwhile: str) -> None:
+    """At start: a store that refuses the configuration fails the mount (*who*
+    prefixes the message); one that is down only warns, saying what happens
+    *meanwhile*."""
+    try:
+        await archive.check()
+    except ArchiveError as exc:
+        if not exc.temporary:
+            raise ConfigurationError(f"{who}archive {archive.url}: {exc}") from None
+        log.warning("archive %s not reachable (%s): %s", archive.url, exc, meanwhile)
+
+
 def _stored_offset(catalog: Catalog) -> int | None:
     value = catalog.meta(OFFSET_KEY)
     try:

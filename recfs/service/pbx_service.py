@@ -11,11 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
 
 import trio
 
-from recfs.archive import ArchiveError
 from recfs.catalog.database import Archive, Recording
 from recfs.content.archiver import Archiver
 from recfs.content.prefetch import PrefetchAll
@@ -28,8 +26,8 @@ from recfs.logs import recent_problems
 from recfs.pbx.session import keep_session
 from recfs.service.config import MountOptions
 from recfs.service.metrics import Observers
-from recfs.service.mountpoint import ConfigurationError
-from recfs.service.parts import open_archive, open_cache, open_pbx, start_writer
+from recfs.service.parts import (check_archive, open_archive, open_cache, open_pbx,
+                                 start_writer)
 from recfs.service.status import StatusSources
 from recfs.service.supervise import Supervisor
 from recfs.vfs.core import Owner, RecordingsFs
@@ -83,15 +81,9 @@ class PbxService:
     async def check_archive(self) -> None:
         """At start: a store that refuses the configuration fails the mount; one that
         is down does not (the mount serves cache and PBX, and archives later)."""
-        if self.archive is None:
-            return
-        try:
-            await self.archive.check()
-        except ArchiveError as exc:
-            if not exc.temporary:
-                raise ConfigurationError(f"{self.opts.source}: archive {self.archive.url}: {exc}")
-            log.warning("archive %s not reachable (%s): recordings are kept in the cache and "
-                        "archived once it is back", self.archive.url, exc)
+        if self.archive is not None:
+            await check_archive(self.archive, f"{self.opts.source}: ",
+                                "recordings are kept in the cache and archived once it is back")
 
     def report_app(self) -> ReportApp:
         return ReportApp(self.ingest.report, self.gate)

@@ -17,14 +17,15 @@ import time
 
 import trio
 
-from recfs.archive import ArchiveError
-from recfs.catalog.postgres import PbxEntry, PgSettings, pbxs
+from recfs.catalog.postgres import (CatalogConfigError, CatalogUnavailable, PbxEntry, PgSettings,
+                                    pbxs)
 from recfs.content.store import ContentStore, DownloadPolicy
 from recfs.logs import recent_problems
 from recfs.service.config import MountOptions, OptionError
 from recfs.service.metrics import Observers
 from recfs.service.mountpoint import ConfigurationError, MountError
-from recfs.service.parts import open_archive, open_cache, open_replica, start_writer
+from recfs.service.parts import (check_archive, open_archive, open_cache, open_replica,
+                                 start_writer)
 from recfs.service.status import StatusSources
 from recfs.service.supervise import Supervisor
 from recfs.vfs.core import Owner, RecordingsFs
@@ -35,7 +36,6 @@ log = logging.getLogger("recfs.service.reader")
 def catalog_pbxs(settings: PgSettings) -> list[PbxEntry]:
     """The PBXs the catalog holds (at the start of a reader mount); MountError when
     the catalog cannot be reached or holds none."""
-    from recfs.catalog.postgres import CatalogConfigError, CatalogUnavailable
     try:
         db = settings.connect(application="recfs reader")
     except CatalogUnavailable as exc:
@@ -96,13 +96,8 @@ class ReaderService:
         """The archive is where every byte comes from: one that refuses the
         configuration fails the mount; one that is down only warns."""
         assert self.archive is not None
-        try:
-            await self.archive.check()
-        except ArchiveError as exc:
-            if not exc.temporary:
-                raise ConfigurationError(f"archive {self.archive.url}: {exc}")
-            log.warning("archive %s not reachable (%s): only cached recordings can be read "
-                        "until it is back", self.archive.url, exc)
+        await check_archive(self.archive, "",
+                            "only cached recordings can be read until it is back")
 
     def run_in(self, nursery: trio.Nursery) -> None:
         start = functools.partial(self.tasks.start, nursery)

@@ -257,3 +257,35 @@ async def test_every_writer_at_once_and_a_follower_misses_nothing(pg_catalog, tm
     with psycopg.connect(pg_catalog) as db:
         assert db.execute("SELECT pbx, COUNT(*) FROM recfs.recordings GROUP BY pbx ORDER BY pbx"
                           ).fetchall() == [("site-a", 900), ("site-b", 300)]
+
+
+async def test_a_new_hosts_first_copy_takes_the_bulk_path_and_matches(pg_catalog, tmp_path,
+                                                                      monkeypatch):
+    """An empty replica with many rows to copy fills in one go (triggers off, the
+    summaries computed once): the same rows, summaries and views as a replica that
+    followed row by row, and it follows on from there."""
+    from recfs.catalog import replica
+    monkeypatch.setattr(replica, "BULK_FROM", 50)
+    ingest = writer_for(pg_catalog, tmp_path / "ingest.sqlite")
+    bulk = writer_for(pg_catalog, tmp_path / "bulk.sqlite", ingest=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ingest.run)
+        for rec in await ingest.add_many([call(i) for i in range(120)], utc_offset=0):
+            assert rec is not None
+            await ingest.set_size(rec.ino, 100 + rec.ino % 1000)
+        await nursery.start(bulk.run)
+        assert bulk.catalog.count() == 120
+        await ingest.add(call(500))
+        with trio.fail_after(5):
+            while bulk.catalog.count() < 121:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    a, b = Catalog(tmp_path / "ingest.sqlite"), Catalog(tmp_path / "bulk.sqlite")
+    assert [(d.key, d.recordings, d.last_call) for d in a.days()] == \
+        [(d.key, d.recordings, d.last_call) for d in b.days()]
+    assert [(d.key, d.recordings) for d in a.type_days()] == \
+        [(d.key, d.recordings) for d in b.type_days()]
+    assert a.known_bytes() == b.known_bytes() > 0
+    assert [n[1:] for n in a.numbers(limit=1000)] == [n[1:] for n in b.numbers(limit=1000)]
+    assert [r.ino for r in a.day_entries("2024-06-10", limit=1000)] == \
+        [r.ino for r in b.day_entries("2024-06-10", limit=1000)]
