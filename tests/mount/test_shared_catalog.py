@@ -13,7 +13,7 @@ import time
 import httpx
 import psycopg
 
-from tests.mount.harness import RECFS, Mount, wait_for
+from tests.mount.harness import RECFS, Mount, the_line, try_mount, wait_for
 from tests.mount.test_archive import s3_options
 
 
@@ -191,3 +191,23 @@ def test_a_single_servers_catalog_moves_into_postgresql(sim, pg_catalog, tmp_pat
     with psycopg.connect(pg_catalog) as db:
         assert db.execute("SELECT COUNT(*) FROM recfs.recordings WHERE pbx = 'site'"
                           ).fetchone() == (5,)
+
+
+def test_a_catalog_that_does_not_answer_ends_the_mount_with_one_line(sim, postgres, tmp_path):
+    """Ingest and reader mounts alike: exit 1 and a line naming the catalog, nothing
+    mounted, no traceback; a password file readable by all: exit 78."""
+    import socket
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed = f"postgresql://recfs@127.0.0.1:{free.getsockname()[1]}/rec"
+    done = try_mount(sim, tmp_path / "ingest", f"catalog={closed}")
+    line = the_line(done, False, "catalog", closed, "is the database running", status=1)
+    assert "Connection refused" in line
+    done = try_mount(sim, tmp_path / "reader", source=closed)
+    the_line(done, False, "catalog", closed, "is the database running", status=1)
+    secret = tmp_path / "pgpass"
+    secret.write_text("whatever\n")
+    secret.chmod(0o644)
+    done = try_mount(sim, tmp_path / "open", f"catalog={postgres.url('postgres')}",
+                     f"catalog_password_file={secret}")
+    the_line(done, False, "catalog_password_file", "readable by every user")
