@@ -204,12 +204,14 @@ class Catalog:
     def close(self) -> None:
         self._db.close()
 
-    def connect(self) -> sqlite3.Connection:
+    def connect(self, *, durable: bool = True) -> sqlite3.Connection:
         """The writer's own connection (recfs/catalog/writer.py: only its thread
-        uses it)."""
+        uses it). *durable*: every commit on disk before it returns; a replica of a
+        shared catalog (recfs/catalog/replica.py) need not be: what a crash takes of
+        it, the next pull copies again (its cursor goes back with its rows)."""
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         # FULL: an acknowledged report must survive a crash *and* a power cut.
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout=5000")
         return db
 

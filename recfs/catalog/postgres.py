@@ -29,11 +29,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import psycopg
-from psycopg import sql
 
 from recfs.catalog.database import Recording, call_epoch, file_ino
 from recfs.catalog.schema import CALL_COLUMNS, SCHEMA_VERSION, SchemaError
@@ -300,10 +299,11 @@ def take_ingest_lock(db: psycopg.Connection[Any], pbx: str) -> None:
 
 # -- writes (the writer thread's operations; see recfs/catalog/writer.py) ------------
 
-_INSERT = sql.SQL("INSERT INTO recfs.recordings (ino, pbx, day, epoch, added, {columns}) "
-                  "VALUES (%s, %s, %s, %s, %s, {marks}) ON CONFLICT DO NOTHING RETURNING ino"
-                  ).format(columns=sql.SQL(", ").join(map(sql.Identifier, CALL_COLUMNS)),
-                           marks=sql.SQL(", ").join(sql.Placeholder() * len(CALL_COLUMNS)))
+# Plain text, composed once (the column names are recfs's own): psycopg prepares it
+# after a few runs, and composing an sql.SQL at every run costs as much as the run.
+_INSERT = (f"INSERT INTO recfs.recordings (ino, pbx, day, epoch, added, {', '.join(CALL_COLUMNS)}) "
+           f"VALUES (%s, %s, %s, %s, %s, {', '.join('%s' for _ in CALL_COLUMNS)}) "
+           f"ON CONFLICT DO NOTHING RETURNING ino")
 
 
 def _known_callid(db: psycopg.Connection[Any], pbx: str, name: str) -> str | None:
@@ -314,39 +314,52 @@ def _known_callid(db: psycopg.Connection[Any], pbx: str, name: str) -> str | Non
 
 def _insert(db: psycopg.Connection[Any], pbx: PbxKey, call: CallRecord,
             utc_offset: int | None) -> Recording | None:
-    known = _known_callid(db, pbx.name, call.name)
-    if known is not None:
-        if known and call.callid and known != call.callid:
-            log.warning("refused %s for call %s: the name belongs to call %s already",
-                        call.name, call.callid, known)
-        return None
     epoch = call_epoch(call, utc_offset)
     added = time.time()
     day = pbx_clock.call_day(call.timestart, call.name, call.callid, utc_offset)
     values = [getattr(call, c) for c in CALL_COLUMNS]
     for salt in range(16):
         ino = file_ino(call.name, salt, pbx.namespace)
-        # ino is below 2**63: PostgreSQL's BIGINT holds it as it is.
+        # One statement in the usual case (a new name, a free inode); ino is below
+        # 2**63: PostgreSQL's BIGINT holds it as it is.
         if db.execute(_INSERT, [ino, pbx.name, day, epoch, added, *values]).fetchone():
             return Recording(ino, day, float(epoch if epoch is not None else added), None,
                              added, call)
-        if _known_callid(db, pbx.name, call.name) is not None:
-            return None  # `recfs backfill` of the same PBX added it a moment ago
+        known = _known_callid(db, pbx.name, call.name)
+        if known is not None:  # reports come twice: the first one wins
+            if known and call.callid and known != call.callid:
+                log.warning("refused %s for call %s: the name belongs to call %s already",
+                            call.name, call.callid, known)
+            return None
+        # else another name has this inode: the next salt
     raise RuntimeError(f"no free inode number for {call.name!r}")
 
 
+class MetaView(Protocol):
+    """The PBX's meta as the writing transaction sees it (what it wrote, else what
+    the replica holds)."""
+
+    def get(self, key: str) -> str | None: ...
+    def put(self, key: str, value: str) -> None: ...
+
+
 def insert_calls(db: psycopg.Connection[Any], pbx: PbxKey, calls: list[CallRecord],
-                 utc_offset: int | None) -> list[Recording | None]:
-    """As recfs/catalog/database.py's insert_calls, into the shared catalog."""
+                 utc_offset: int | None, meta: MetaView) -> list[Recording | None]:
+    """As recfs/catalog/database.py's insert_calls, into the shared catalog. A meta
+    value already there is not written again: each write is a row version, a change
+    number and a copy to every replica, and a burst of reports carries the same
+    offset and nearly the same last_seen."""
     results = [_insert(db, pbx, call, utc_offset) for call in calls]
     newest = max((c.timestart for c in calls if pbx_clock.parse_stamp(c.timestart) is not None),
                  default="")
-    if newest:
+    if newest and newest > (meta.get("last_seen") or ""):
         db.execute("INSERT INTO recfs.meta (pbx, key, value) VALUES (%s, 'last_seen', %s) "
                    "ON CONFLICT (pbx, key) DO UPDATE SET value = excluded.value "
                    "WHERE recfs.meta.value < excluded.value", (pbx.name, newest))
-    if utc_offset is not None:
+        meta.put("last_seen", newest)
+    if utc_offset is not None and meta.get(OFFSET_KEY) != str(utc_offset):
         _set_meta(db, pbx.name, OFFSET_KEY, str(utc_offset))
+        meta.put(OFFSET_KEY, str(utc_offset))
     return results
 
 

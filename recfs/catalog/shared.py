@@ -35,7 +35,7 @@ from recfs.catalog import postgres as pg
 from recfs.catalog import replica
 from recfs.catalog.database import Catalog, Recording
 from recfs.catalog.postgres import CatalogBusy, CatalogUnavailable, PbxKey, PgSettings
-from recfs.catalog.writer import Pending, run_batch
+from recfs.catalog.writer import Pending
 from recfs.pbx.reports import CallRecord
 
 log = logging.getLogger("recfs.catalog.shared")
@@ -72,6 +72,7 @@ class SharedBackend:
         self._local: sqlite3.Connection | None = None
         self._retry_at = 0.0
         self._retry_delay = 0.5
+        self._meta = _TransactionMeta(None)
         self.available = False  # read by status (a bool: one store, no lock needed)
         self.last_error: str | None = None
 
@@ -81,7 +82,8 @@ class SharedBackend:
         """At the start: the database must answer, and an ingest mount must get
         the PBX's lock (CatalogBusy otherwise), so that a wrong URL or a second
         ingest mount fails the mount at once, clearly."""
-        self._local = self.replica.connect()
+        self._local = self.replica.connect(durable=False)
+        self._meta = _TransactionMeta(self._local)
         self._connection()
         self._pull()
 
@@ -151,8 +153,7 @@ class SharedBackend:
             for pending in batch:
                 pending.error = exc
             return exc
-        error = run_batch(db, batch, "BEGIN", lambda: db.info.transaction_status !=
-                          psycopg.pq.TransactionStatus.IDLE, psycopg.Error)
+        error = _optimistic_batch(db, batch, self._meta)
         if error is not None:
             if db.closed or db.broken:
                 self._failed(error)
@@ -185,7 +186,7 @@ class SharedBackend:
 
     def insert_calls(self, db: Any, calls: list[CallRecord], utc_offset: int | None,
                      namespace: str) -> list[Recording | None]:
-        return pg.insert_calls(db, self.pbx, calls, utc_offset)
+        return pg.insert_calls(db, self.pbx, calls, utc_offset, self._meta)
 
     def write_size(self, db: Any, ino: int, size: int) -> None:
         pg.write_size(db, self.pbx, ino, size)
@@ -204,3 +205,75 @@ class SharedBackend:
 
     def write_lost(self, db: Any, ino: int) -> None:
         pg.write_lost(db, self.pbx, ino)
+
+
+class _OperationFailed(Exception):
+    pass
+
+
+def _optimistic_batch(db: psycopg.Connection[Any], batch: list[Pending],
+                      meta: _TransactionMeta) -> Exception | None:
+    """Every operation of *batch* in one PostgreSQL transaction, as run_batch does
+    for SQLite, but without a SAVEPOINT around each (two round trips an operation,
+    twice the cost of the operation itself): when one fails, the transaction is
+    rolled back and run again without it. The error that failed the whole, if any."""
+    remaining = list(batch)
+    while remaining:
+        failed: tuple[Pending, Exception] | None = None
+        meta.written.clear()
+        try:
+            db.execute("BEGIN")
+            for pending in remaining:
+                try:
+                    pending.result = pending.operation(db)
+                except Exception as exc:
+                    failed = (pending, exc)
+                    raise _OperationFailed from exc
+            db.execute("COMMIT")
+            return None
+        except _OperationFailed:
+            assert failed is not None
+            culprit, error = failed
+            if db.closed or db.broken:  # the connection, not the operation
+                return _fail_all(db, remaining, error)
+            db.execute("ROLLBACK")
+            culprit.error = error
+            log.error("catalog write failed: %s", error,
+                      exc_info=not isinstance(error, psycopg.Error))
+            remaining.remove(culprit)
+        except Exception as exc:
+            return _fail_all(db, remaining, exc)
+    return None
+
+
+def _fail_all(db: psycopg.Connection[Any], batch: list[Pending], exc: Exception) -> Exception:
+    log.error("catalog commit of %d operation(s) failed: %s", len(batch), exc)
+    if not (db.closed or db.broken):
+        try:
+            db.execute("ROLLBACK")
+        except psycopg.Error:
+            pass
+    for pending in batch:
+        pending.result = None
+        pending.error = exc
+    return exc
+
+
+class _TransactionMeta:
+    """pg.MetaView for the writer's transaction: what it wrote, else the replica's
+    (the committed state, as of the last pull)."""
+
+    def __init__(self, local: sqlite3.Connection | None):
+        self.local = local
+        self.written: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        if key in self.written:
+            return self.written[key]
+        if self.local is None:
+            return None
+        row = self.local.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put(self, key: str, value: str) -> None:
+        self.written[key] = value

@@ -91,14 +91,12 @@ class Backend(Protocol):
     def write_lost(self, db: Any, ino: int) -> None: ...
 
 
-def run_batch(db: Any, batch: list[Pending], begin: str,
-              in_transaction: Callable[[], bool], errors: type[Exception] | tuple[type[Exception], ...]
-              ) -> Exception | None:
-    """Every operation of *batch* in one transaction on *db* (SQLite or
-    PostgreSQL: the statements are the same), each in a SAVEPOINT; the error that
-    failed the whole of it, if any (every operation then carries it)."""
+def run_batch(db: sqlite3.Connection, batch: list[Pending]) -> Exception | None:
+    """Every operation of *batch* in one transaction on *db*, each in a SAVEPOINT
+    (in-process: it costs microseconds); the error that failed the whole of it, if
+    any (every operation then carries it)."""
     try:
-        db.execute(begin)
+        db.execute("BEGIN IMMEDIATE")
         for pending in batch:
             db.execute("SAVEPOINT op")
             try:
@@ -106,15 +104,15 @@ def run_batch(db: Any, batch: list[Pending], begin: str,
             except Exception as exc:
                 db.execute("ROLLBACK TO op")
                 pending.error = exc
-                log.error("catalog write failed: %s", exc, exc_info=not isinstance(exc, errors))
+                log.error("catalog write failed: %s", exc, exc_info=not isinstance(exc, sqlite3.Error))
             db.execute("RELEASE op")
         db.execute("COMMIT")
     except Exception as exc:
         log.error("catalog commit of %d operation(s) failed: %s", len(batch), exc)
         try:
-            if in_transaction():
+            if db.in_transaction:
                 db.execute("ROLLBACK")
-        except errors:
+        except sqlite3.Error:
             pass
         for pending in batch:
             pending.result = None
@@ -148,8 +146,7 @@ class SqliteBackend:
     def transaction(self, batch: list[Pending]) -> Exception | None:
         db = self._db
         assert db is not None
-        return run_batch(db, batch, "BEGIN IMMEDIATE",
-                         lambda: db.in_transaction, sqlite3.Error)
+        return run_batch(db, batch)
 
     # Module functions looked up at each call: tests replace them.
     def insert_calls(self, db: Any, calls: list[CallRecord], utc_offset: int | None,

@@ -289,3 +289,41 @@ async def test_a_new_hosts_first_copy_takes_the_bulk_path_and_matches(pg_catalog
     assert [n[1:] for n in a.numbers(limit=1000)] == [n[1:] for n in b.numbers(limit=1000)]
     assert [r.ino for r in a.day_entries("2024-06-10", limit=1000)] == \
         [r.ino for r in b.day_entries("2024-06-10", limit=1000)]
+
+
+async def test_one_failing_operation_fails_alone(pg_catalog, tmp_path, monkeypatch):
+    """No SAVEPOINT per operation in PostgreSQL: the batch is run again without the
+    one that failed; the others are committed and answered."""
+    real = pg.write_size
+
+    def write_size(db, pbx, ino, size):
+        if size == 13:
+            raise ValueError("unlucky")
+        real(db, pbx, ino, size)
+
+    monkeypatch.setattr(pg, "write_size", write_size)
+    writer = writer_for(pg_catalog, tmp_path / "replica.sqlite")
+    outcomes: dict[int, object] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        recs = await writer.add_many([call(i) for i in range(20)])
+
+        async def size(n: int) -> None:
+            rec = recs[n]
+            assert rec is not None
+            try:
+                await writer.set_size(rec.ino, 13 if n == 7 else 100 + n)
+                outcomes[n] = "ok"
+            except ValueError as exc:
+                outcomes[n] = exc
+
+        async with trio.open_nursery() as work:  # one batch: all queued before it runs
+            for n in range(20):
+                work.start_soon(size, n)
+        nursery.cancel_scope.cancel()
+    assert isinstance(outcomes.pop(7), ValueError)
+    assert set(outcomes.values()) == {"ok"} and len(outcomes) == 19
+    with psycopg.connect(pg_catalog) as db:
+        sizes = dict(db.execute("SELECT name, size FROM recfs.recordings").fetchall())
+    assert sizes[call(7).name] is None
+    assert all(sizes[call(n).name] == 100 + n for n in range(20) if n != 7)
