@@ -54,6 +54,12 @@ CREATE INDEX IF NOT EXISTS recordings_lost ON recordings(ino) WHERE lost = 1;
 # A recording's mtime: the call's start, or when it was added if nothing dates it.
 _MTIME = "COALESCE(epoch, CAST(added AS INTEGER))"
 
+# The indexes a listing walks (a bulk load builds them at the end, from sorted data).
+LISTING_INDEXES = """
+CREATE INDEX IF NOT EXISTS recordings_by_day ON recordings(day, ino);
+CREATE INDEX IF NOT EXISTS recordings_by_type_day ON recordings(type, day, ino);
+"""
+
 _TABLES = f"""
 CREATE TABLE IF NOT EXISTS recordings (
     ino INTEGER PRIMARY KEY,      -- the stable inode number: derived from the name
@@ -65,9 +71,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     added REAL NOT NULL,
     {", ".join(ARCHIVE_COLUMNS)}
 );
-CREATE INDEX IF NOT EXISTS recordings_by_day ON recordings(day, ino);
-CREATE INDEX IF NOT EXISTS recordings_by_type_day ON recordings(type, day, ino);
-CREATE TABLE IF NOT EXISTS days (
+{LISTING_INDEXES}CREATE TABLE IF NOT EXISTS days (
     day TEXT PRIMARY KEY,
     count INTEGER NOT NULL,
     newest REAL NOT NULL,

@@ -60,6 +60,8 @@ def copy(source: sqlite3.Connection, settings: PgSettings, pbx: PbxKey, *,
         progress = terminal_progress("copy", enabled=not quiet, total=total, unit="rec")
         try:
             with db.transaction():
+                # One COPY of every row: longer than the connection's statement timeout.
+                db.execute("SET LOCAL statement_timeout = 0")
                 if db.execute("SELECT 1 FROM recfs.recordings WHERE pbx = %s LIMIT 1",
                               (pbx.name,)).fetchone():
                     raise CopyError(f"PBX {pbx.name!r} has recordings in {settings.shown} already: "
