@@ -255,6 +255,9 @@ def build_options(source: str, mountpoint: str, raw: dict[str, str | bool],
     if not isinstance(tables, dict) or not tables or \
             not all(isinstance(t, dict) for t in tables.values()):
         raise OptionError("[pbx.NAME] tables in the config must each describe one PBX")
+    if "catalog_name" in merged:
+        raise OptionError("catalog_name names one PBX: in a mount of several, each is named "
+                          "by its [pbx.NAME] (or a catalog_name in its table)")
     opts.pbxs = {}
     for name, table in tables.items():
         if not _safe_dir_name(name):

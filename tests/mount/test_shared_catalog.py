@@ -211,3 +211,71 @@ def test_a_catalog_that_does_not_answer_ends_the_mount_with_one_line(sim, postgr
     done = try_mount(sim, tmp_path / "open", f"catalog={postgres.url('postgres')}",
                      f"catalog_password_file={secret}")
     the_line(done, False, "catalog_password_file", "readable by every user")
+
+
+def test_a_mount_of_several_pbxs_shares_one_catalog(tmp_path):
+    """Two PBXs in one ingest mount, one catalog for both; a reader mount shows the
+    same two directories with the same inode numbers, from the archive."""
+    from tests.mount.harness import Sim
+    from tests.postgres import PostgresServer
+    server = PostgresServer.start(tmp_path / "pg")
+    try:
+        url = server.new_database()
+        sims = {"main": Sim(tmp_path / "sim-main"), "branch": Sim(tmp_path / "sim-branch")}
+        tables = ""
+        for name, sim in sims.items():
+            password = tmp_path / f"{name}.password"
+            password.write_text(sim.password + "\n")
+            password.chmod(0o600)
+            tables += (f'[pbx.{name}]\nsource = "{sim.url}"\nuser = "{sim.user}"\n'
+                       f'password_file = "{password}"\ncafile = "{sim.cafile}"\n')
+        archive = tmp_path / "archive"
+        archive.mkdir()
+        config = tmp_path / "all.toml"
+        config.write_text(f'state_dir = "{tmp_path / "state"}"\n'
+                          f'cache_dir = "{tmp_path / "cache"}"\nlisten = "127.0.0.1:0"\n'
+                          f'catalog = "{url}"\narchive = "file://{archive}"\n{tables}')
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        log = tmp_path / "ingest.log"  # -f: the log goes to stderr
+        proc = subprocess.Popen([*RECFS, "mount", "recfs", str(mnt), "-f", "-o",
+                                 f"config={config}"],
+                                stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        reader = None
+        try:
+            wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, what="mount")
+            calls = {name: [sim.call(duration=1) for _ in range(2)] for name, sim in sims.items()}
+            for name, cdrs in calls.items():
+                for cdr in cdrs:
+                    path = mnt.joinpath(name, *cdr["timestart"][:10].split("-"), cdr["recording"])
+                    wait_for(path.exists, 10, what=f"{name}'s recording")
+            wait_for(lambda: all(status_of(mnt, name)["archive"]["pending"] == 0
+                                 and status_of(mnt, name)["archive"]["uploaded"] >= 2
+                                 for name in sims), 30, what="uploads")
+            downloads = {name: sim.stats()["downloads"] for name, sim in sims.items()}
+            reader = Mount(sims["main"], tmp_path / "reader", catalog=url)
+            assert sorted(os.listdir(reader.path)) == ["branch", "main"]
+            mine, theirs = tree(mnt), tree(reader.path)
+            assert mine.keys() == theirs.keys()
+            for path, a in mine.items():
+                assert (a.st_ino, a.st_size, a.st_mtime) == \
+                    (theirs[path].st_ino, theirs[path].st_size, theirs[path].st_mtime), path
+            for name, cdrs in calls.items():
+                for cdr in cdrs:
+                    path = reader.path.joinpath(name, *cdr["timestart"][:10].split("-"),
+                                                cdr["recording"])
+                    assert path.read_bytes() == sims[name].recording_bytes(cdr["recording"])
+            assert {name: sim.stats()["downloads"] for name, sim in sims.items()} == downloads
+        finally:
+            if reader is not None:
+                reader.cleanup()
+            subprocess.run(["fusermount3", "-u", str(mnt)], timeout=30)
+            proc.wait(30)
+        text = log.read_text()
+        assert "Traceback" not in text and " ERROR " not in text, text
+    finally:
+        server.stop()
+
+
+def status_of(mnt, name: str) -> dict:
+    return json.loads(os.getxattr(mnt, "user.recfs.mount"))["pbxs"][name]

@@ -145,3 +145,11 @@ def test_reader_mount_options(tmp_path):
     config.write_text('[pbx.a]\nsource = "https://a:8088"\n')
     with pytest.raises(OptionError, match="no \\[pbx.NAME\\] tables"):
         build_options("postgresql://recfs@db/rec", "/mnt", {"config": str(config)}, {})
+
+
+def test_catalog_name_belongs_to_one_pbx(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('catalog = "postgresql://recfs@db/rec"\ncatalog_name = "x"\n'
+                      '[pbx.a]\nsource = "https://a:8088"\n[pbx.b]\nsource = "https://b:8088"\n')
+    with pytest.raises(OptionError, match="catalog_name names one PBX"):
+        build_options("recfs", "/mnt", {"config": str(config)}, {"RECFS_PASSWORD": "pw"})
