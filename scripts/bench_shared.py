@@ -36,9 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import psycopg
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]  # the tests package
@@ -144,24 +142,12 @@ def sample_days(catalog: Path, count: int) -> list[tuple[str, int]]:
     return days[step::step][:count]
 
 
-class CopySettings(PgSettings):
-    """The catalog's settings for `recfs catalog copy`'s own code, without the
-    statement timeout: its COPY is one statement, which takes minutes for millions of
-    rows, and the command itself fails there (PgSettings.connect's 30 s
-    statement_timeout cancels it)."""
-
-    def connect(self, *, application: str = "recfs") -> psycopg.Connection[Any]:
-        db = super().connect(application=application)
-        db.execute("SET statement_timeout = 0")
-        return db
-
-
 def copy_into(catalog: Path, url: str) -> float:
     """The SQLite catalog into PostgreSQL with recfs's copy (recfs/cli/catalog.py),
     keeping the inode numbers; seconds."""
     source = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
     try:
-        return timed(lambda: copy(source, CopySettings(url), PbxKey(PBX, ""), quiet=True))
+        return timed(lambda: copy(source, PgSettings(url), PbxKey(PBX, ""), quiet=True))
     finally:
         source.close()
 
@@ -265,7 +251,7 @@ def run(args: argparse.Namespace, work: Path, cleanup: contextlib.ExitStack) -> 
     cleanup.callback(server.stop)
     url = server.new_database()
     copied = copy_into(catalog, url)
-    print(f"recfs catalog copy (its code, no statement timeout) into PostgreSQL: {copied:.1f} s ({rows / copied:.0f} rows/s)")
+    print(f"recfs catalog copy into PostgreSQL: {copied:.1f} s ({rows / copied:.0f} rows/s)")
 
     reader = reader_mount(url, work, "reader")
     cleanup.callback(reader.stop)
