@@ -8,6 +8,12 @@
 Needs root (drop_caches), /dev/fuse, curl, rsync, dd. Not part of the test suite:
 it prints figures, and a ratio against its baseline for each.
 
+  wire     uncached reads from a PBX that is not the bottleneck (nginx sends the
+           bytes, the simulator keeps the handshake: scripts/nginx_front.py): dd bs=1M
+           of never-read 64 MiB recordings vs curl (get_random + download) from
+           nginx, and curl from the simulator alone to show the difference; stat +
+           open + 128 KiB of never-read recordings vs a plain http.client script
+           making the same two requests; recfs's CPU per recording and per MiB
   cached   dd bs=1M of a cached 64 MiB recording, vs a minimal pyfuse3 filesystem
            (below, in this file) serving the same file with os.pread; with
            direct_io (the default) and through the page cache (direct_io=no), the
@@ -89,6 +95,12 @@ def vm_rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads, so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def line(name: str, figure: str, ratio: str = "") -> None:
@@ -187,6 +199,26 @@ class Direct:
                 if first_byte_only and got:
                     break
         return got
+
+    def first_byte_plain(self, name: str) -> None:
+        """get_random + download up to the first body byte, with http.client: what a
+        short script does (a connection each, as the PBX wants; no session reuse)."""
+        import http.client
+        import urllib.parse
+        host, port = self.sim.url.rsplit("/", 1)[1].rsplit(":", 1)
+        base = "/api/v2.0.0/recording/"
+        conn = http.client.HTTPSConnection(host, int(port), context=self.ctx)
+        conn.request("POST", f"{base}get_random?token={self.token}",
+                     body=json.dumps({"recording": name}),
+                     headers={"Content-Type": "application/json"})
+        random_value = json.loads(conn.getresponse().read())["random"]
+        conn.close()
+        query = urllib.parse.urlencode({"recording": name, "random": random_value,
+                                        "token": self.token})
+        conn = http.client.HTTPSConnection(host, int(port), context=self.ctx)
+        conn.request("GET", f"{base}download?{query}")
+        assert conn.getresponse().read(1) == b"R"
+        conn.close()
 
     def curl(self, name: str, out: str = "/dev/null") -> None:
         import urllib.parse
@@ -376,6 +408,95 @@ class Bench:
         line("direct: get_random + first body byte", f"{b * 1000:8.1f} ms",
              f"recfs {1000 * (r - b):+.1f} ms (goal <= +10 ms)")
         self.done(mount)
+
+    def wire(self) -> None:
+        """Uncached reads against a PBX that is not the bottleneck: nginx in front of
+        the simulator (scripts/nginx_front.py) sends the bytes, the simulator keeps
+        the handshake (get_random, one-shot randoms)."""
+        from nginx_front import ACCEL_PREFIX, NginxFront
+        from tests.mount.harness import Sim
+        reps = 3 if self.quick else 5
+        print(f"uncached reads, PBX = nginx (TLS 1.2, Connection: close) in front of the "
+              f"simulator; {reps} rounds in rotating order")
+        sim = Sim(self.work / "wire-sim", "--accel-redirect", ACCEL_PREFIX)
+        front = mount = None
+        try:
+            front = NginxFront(sim, self.work / "wire-nginx")
+            fast = front.fronted()
+            mount = self.mount("wire", "readahead=0", sim=fast)
+            big = [sim.call(duration=seconds_for(64 * MiB)) for _ in range(3 * reps)]
+            paths = [mount.wait_file(c, timeout=30) for c in big]
+            size = sim.recordings()[big[0]["recording"]]["size"]  # no stat: a stat starts a transfer
+            direct, slow = Direct(fast), Direct(sim)
+            rec, curl_fast, curl_slow, cpu = [], [], [], []
+            try:
+                for i in range(reps):
+                    def recfs_run(i=i):
+                        before = cpu_seconds(mount.proc.pid)
+                        rec.append(timed(lambda: dd(paths[3 * i])))
+                        cpu.append(cpu_seconds(mount.proc.pid) - before)
+                    runs = [recfs_run,
+                            lambda i=i: curl_fast.append(timed(lambda: direct.curl(big[3 * i + 1]["recording"]))),
+                            lambda i=i: curl_slow.append(timed(lambda: slow.curl(big[3 * i + 2]["recording"])))]
+                    for run in runs[i % 3:] + runs[:i % 3]:
+                        run()
+                ttfb = self._wire_ttfb(sim, mount, direct, reps * 3)
+            finally:
+                direct.close()
+                slow.close()
+            for i in range(reps):
+                assert paths[3 * i].read_bytes() == self.truth_of(sim, big[3 * i]["recording"])
+            r, cf, cs = (statistics.median(x) for x in (rec, curl_fast, curl_slow))
+            line("curl (get_random + download) from the simulator", f"{size / cs / MiB:8.0f} MiB/s "
+                 f"(median of {reps})", "the old baseline")
+            line("curl (get_random + download) from nginx", f"{size / cf / MiB:8.0f} MiB/s",
+                 f"{cs / cf:.1f}x the simulator")
+            line("recfs, dd bs=1M of a never-read 64 MiB file", f"{size / r / MiB:8.0f} MiB/s "
+                 f"({min(rec):.3f}-{max(rec):.3f} s)", f"ratio {cf / r:.2f} of curl (goal >= 0.8)")
+            line("  curl from nginx / recfs", "", f"{r / cf:.2f}x")
+            c = statistics.median(cpu)
+            line("  recfs CPU per 64 MiB recording", f"{c * 1000:8.0f} ms",
+                 f"{c * 1000 / (size / MiB):.2f} ms per MiB")
+            t_rec, t_direct, t_httpx, t_cpu = ttfb
+            line("first byte: stat + open + 128 KiB read", f"{t_rec * 1000:8.1f} ms "
+                 f"(median of {reps * 3})")
+            line("  direct script: get_random + download, 1 byte", f"{t_direct * 1000:8.1f} ms",
+                 f"recfs {1000 * (t_rec - t_direct):+.1f} ms (goal <= +5 ms)")
+            line("  same with httpx", f"{t_httpx * 1000:8.1f} ms")
+            line("  recfs CPU per uncached first read", f"{t_cpu * 1000:8.1f} ms")
+        finally:
+            if mount is not None:
+                self.done(mount)
+            if front is not None:
+                front.close()
+            sim.close()
+
+    def _wire_ttfb(self, sim, mount, direct, reps: int) -> tuple[float, float, float, float]:
+        """stat + open + 128 KiB of never-read 1 MiB recordings through recfs, vs a
+        plain script (http.client) making the same two requests and reading 1 byte,
+        and httpx doing the same; medians, and recfs's CPU per recording."""
+        cdrs = [sim.call(duration=seconds_for(MiB)) for _ in range(reps * 3)]
+        paths = [mount.wait_file(c) for c in cdrs]
+        rec, plain, via_httpx, cpu = [], [], [], []
+
+        def first(path: Path) -> None:
+            os.stat(path)
+            with open(path, "rb", buffering=0) as f:
+                assert len(f.read(128 * 1024)) == 128 * 1024
+
+        for i in range(reps):
+            before = cpu_seconds(mount.proc.pid)
+            rec.append(timed(lambda: first(paths[3 * i])))
+            time.sleep(0.05)  # let the transfer finish or stop
+            cpu.append(cpu_seconds(mount.proc.pid) - before)
+            plain.append(timed(lambda: direct.first_byte_plain(cdrs[3 * i + 1]["recording"])))
+            via_httpx.append(timed(lambda: direct.download(cdrs[3 * i + 2]["recording"], True)))
+        return (statistics.median(rec), statistics.median(plain), statistics.median(via_httpx),
+                statistics.median(cpu))
+
+    @staticmethod
+    def truth_of(sim, name: str) -> bytes:
+        return sim.recording_bytes(name)
 
     def bulk(self) -> None:
         count = 100 if self.quick else 500
@@ -713,7 +834,7 @@ class Bench:
         line("for comparison: mount with an empty cache", f"{timed(empty.start) * 1000:8.0f} ms")
 
 
-ALL = ["cached", "stream", "ttfb", "bulk", "slowpbx", "seqcopy", "start", "many", "cap",
+ALL = ["wire", "cached", "stream", "ttfb", "bulk", "slowpbx", "seqcopy", "start", "many", "cap",
        "statcost", "slotwait"]
 
 
