@@ -81,6 +81,7 @@ http {{
             proxy_ssl_name localhost;  # nginx matches DNS names only
             proxy_ssl_session_reuse on;
             proxy_pass_header Server;
+            proxy_set_header X-Sendfile-Type X-Accel-Redirect;
         }}
         location {ACCEL_PREFIX} {{
             internal;

@@ -263,6 +263,20 @@ class DiskCache:
             offset += written
             self.partial_bytes += written
 
+    def reserve(self, incoming: int) -> None:
+        """Count *incoming* bytes that a download's worker thread is about to pwrite
+        into its partial file (content/pump.py), keeping the limits as write() does
+        (evicting first). What it does not write goes back with release()."""
+        self._make_room(incoming)
+        self.partial_bytes += incoming
+
+    def release(self, unused: int) -> None:
+        self.partial_bytes -= unused
+
+    def evict_for_full_disk(self, need: int) -> int:
+        """The worker's pwrite met ENOSPC: evict; the bytes freed (0: CacheFull)."""
+        return self._evict(need, reason="cache filesystem full")
+
     def _free_bytes(self, incoming: int = 0) -> int:
         """Free bytes on the cache filesystem, before *incoming* more are written."""
         estimate = self._free_estimate
@@ -348,6 +362,7 @@ class DiskCache:
         self._nothing_to_evict = False
 
     def discard_partial(self, ino: int, written: int) -> None:
+        """Delete a partial file; *written*: the bytes counted for it (write, reserve)."""
         self.partial_path(ino).unlink(missing_ok=True)
         self.partial_bytes -= written
 

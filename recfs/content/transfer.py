@@ -46,6 +46,7 @@ class Transfer:
         self.size = size  # known from the catalog, Content-Length or the WAV header
         self.fd = fd  # the partial file, written with pwrite by the download task only
         self.have = 0  # bytes [0, have) are on disk
+        self.counted = 0  # bytes the cache counts for the partial file (written or reserved)
         self.readers = 0  # open files: make the transfer urgent
         self.sizers = 0  # stat calls waiting for the size: urgent too, until it is known
         self.fetchers = 0  # background fetches waiting for the whole file
@@ -126,6 +127,10 @@ class Transfer:
         self._notify()
 
     def arrived(self, have: int) -> None:
+        # Never backwards: a worker thread's progress report may come after the
+        # download task has said the same or more (content/pump.py).
+        if have <= self.have:
+            return
         self.have = have
         if self._byte_waiters and self._byte_waiters[0][0] <= have:
             ready = [w for w in self._byte_waiters if w[0] <= have]

@@ -1,0 +1,175 @@
+"""The body of a PBX download, read into its partial file by a worker thread.
+
+The trio thread also answers FUSE; a download read there costs it one trip through
+httpcore, h11 and httpx per TLS read, and the bytes are copied four times on the
+way. Here a worker thread reads the socket (`RecordingBody.read_into`: OpenSSL
+decrypts straight into a reused buffer with the GIL released), hashes the bytes and
+`pwrite`s them into the partial file (both release the GIL too), and tells trio how
+far it got.
+
+Which thread touches what (the rule of this module):
+- The worker thread touches only the download's socket (through `read_into`), the
+  partial file's descriptor (`os.pwrite`), the SHA-256 object, its read buffer, and
+  the `Leg` fields marked "thread" below. It never touches the Transfer or the cache.
+- The trio thread touches the Transfer, the cache (room, eviction, accounting) and
+  the stats. The worker asks it for cache room with `trio.from_thread.run_sync`
+  (waiting for the answer), and reports progress with `TrioToken.run_sync_soon`
+  (at most one report queued at a time; the report reads the latest position).
+- Pausing and stopping: trio sets `Leg.halt` and wakes the socket wait; the worker
+  returns at its next check. The trio task that started a leg always waits for the
+  thread to return, even when cancelled, so the connection is closed (when the
+  response is closed) only after the thread is done with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from recfs.content.cache import CacheFull, DiskCache
+from recfs.content.transfer import Transfer
+from recfs.pbx.client import RecordingBody
+from recfs.pbx.tls import Interrupted
+
+# Bytes the worker may read and write before it stops for the trio thread: the
+# largest read (whole TLS records as they arrive, up to this much), and the cache
+# room asked for at a time (evicting for it).
+BUFFER = 1 << 20
+ROOM = 8 << 20
+
+_buffers: list[bytearray] = []  # reused: a zeroed MiB per download is measurable
+
+
+class Leg:
+    """One stretch of reading, in one worker thread, until the body ends, the
+    transfer is abandoned (pause) or stopped."""
+
+    def __init__(self, transfer: Transfer, body: RecordingBody, cache: DiskCache,
+                 digest: Any, position: int, skip: int, on_bytes: Callable[[int], None]):
+        self.transfer = transfer
+        self.body = body
+        self.cache = cache
+        self.digest = digest
+        self.skip = skip  # bytes before this are on disk already (an earlier attempt)
+        self.on_bytes = on_bytes  # trio thread: bytes written to the cache, for stats
+        self.position = position  # thread: bytes of the body read so far
+        self.written = max(position, skip)  # thread: bytes [0, written) are on disk
+        self.room = self.written  # trio: the cache has counted bytes up to here
+        self.halt = False  # trio: return at the next check
+        self._token = trio.lowlevel.current_trio_token()
+        self._reported = self.written  # trio: what the transfer has been told
+        self._queued = False  # a progress report is waiting to run on the trio thread
+
+    # -- the trio thread ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the worker until it returns; the transfer knows every byte it wrote."""
+        assert self.body.direct is not None
+        self.body.direct.clear()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._halt_when_cancelled)
+                try:
+                    await trio.to_thread.run_sync(self._work)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._report()
+            if not self.transfer.stopped:
+                # Room counted but not used goes back (a stopped transfer gave all
+                # of its count back when its partial file was deleted).
+                unused = self.room - self.written
+                self.cache.release(unused)
+                self.transfer.counted -= unused
+                self.room = self.written
+
+    async def _halt_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self.halt = True
+        if self.body.direct is not None:
+            self.body.direct.wake()
+
+    def _report(self) -> None:
+        """Tell the transfer (and so its readers) how far the bytes on disk go."""
+        self._queued = False
+        written = self.written
+        if written > self._reported and not self.transfer.stopped:
+            self.on_bytes(written - self._reported)
+            self._reported = written
+            self.transfer.arrived(written)
+            if self.transfer.abandoned and not self.transfer.all_there:
+                self.halt = True  # nobody reads: stop reading for now (store._linger)
+
+    def _grant(self, upto: int) -> int:
+        """Count cache room for bytes up to *upto* (evicting for it); the new limit."""
+        if self.transfer.stopped or self.halt:
+            return self.room  # no more: the worker returns
+        need = upto - self.room
+        self.cache.reserve(need)
+        self.transfer.counted += need
+        self.room = upto
+        return upto
+
+    def _evict(self, need: int) -> int:
+        return self.cache.evict_for_full_disk(need)
+
+    # -- the worker thread -------------------------------------------------------------
+
+    def _work(self) -> None:
+        buffer = _buffers.pop() if _buffers else bytearray(BUFFER)
+        try:
+            self._pump(memoryview(buffer))
+        finally:
+            _buffers.append(buffer)
+
+    def _pump(self, view: memoryview) -> None:
+        size = self.transfer.size  # set before the body is read, not changed after
+        assert size is not None
+        room = self.room
+        while not self.halt:
+            try:
+                n = self.body.read_into(view)
+            except Interrupted:
+                return
+            if n == 0:
+                return  # the end of the body, or of the connection: the caller checks
+            chunk = view[:n]
+            self.digest.update(chunk)
+            start, end = self.position, self.position + n
+            self.position = end
+            if end <= self.skip:
+                continue
+            if start < self.skip:
+                chunk, start = chunk[self.skip - start:], self.skip
+            if end > room:
+                room = trio.from_thread.run_sync(self._grant, min(size, end + ROOM),
+                                                 trio_token=self._token)
+                if end > room:
+                    return  # stopped or halted meanwhile
+            self._write(chunk, start)
+            self.written = end
+            if not self._queued:
+                self._queued = True
+                self._token.run_sync_soon(self._report)
+
+    def _write(self, chunk: memoryview, offset: int) -> None:
+        fd = self.transfer.fd
+        while chunk:
+            try:
+                done = os.pwrite(fd, chunk, offset)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                if not trio.from_thread.run_sync(self._evict, len(chunk), trio_token=self._token):
+                    raise CacheFull("cache filesystem full and nothing left to evict") from None
+                continue
+            chunk, offset = chunk[done:], offset + done
