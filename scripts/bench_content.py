@@ -262,10 +262,11 @@ def _wrong(sim, names: list[str], target: Path) -> list[str]:
 
 
 class Bench:
-    def __init__(self, work: Path, quick: bool):
+    def __init__(self, work: Path, quick: bool, compare: str | None = None):
         from tests.mount.harness import Sim
         self.work = work
         self.quick = quick
+        self.compare = compare
         self.sim = Sim(work / "sim")
         self.bulk_sim = None
         self.mounts = []
@@ -412,69 +413,95 @@ class Bench:
     def wire(self) -> None:
         """Uncached reads against a PBX that is not the bottleneck: nginx in front of
         the simulator (scripts/nginx_front.py) sends the bytes, the simulator keeps
-        the handshake (get_random, one-shot randoms)."""
+        the handshake (get_random, one-shot randoms). With --compare REV, recfs of that
+        git revision is mounted too and measured in the same rounds."""
         from nginx_front import ACCEL_PREFIX, NginxFront
-        from tests.mount.harness import Sim
-        reps = 3 if self.quick else 5
+        from tests.mount.harness import Mount, Sim
+        reps = 3 if self.quick else 7
         print(f"uncached reads, PBX = nginx (TLS 1.2, Connection: close) in front of the "
               f"simulator; {reps} rounds in rotating order")
         sim = Sim(self.work / "wire-sim", "--accel-redirect", ACCEL_PREFIX)
-        front = mount = None
+        front = None
+        mounts: dict[str, object] = {}
         try:
             front = NginxFront(sim, self.work / "wire-nginx")
             fast = front.fronted()
-            mount = self.mount("wire", "readahead=0", sim=fast)
-            big = [sim.call(duration=seconds_for(64 * MiB)) for _ in range(3 * reps)]
-            paths = [mount.wait_file(c, timeout=30) for c in big]
-            size = sim.recordings()[big[0]["recording"]]["size"]  # no stat: a stat starts a transfer
+            mounts["recfs"] = self.mount("wire", "readahead=0", sim=fast)
+            if self.compare:
+                old = self._export(self.compare)
+                mount = Mount(fast, self.work / "wire-old", "prefetch=none", "readahead=0",
+                              env={"PYTHONPATH": str(old), "PYTHONSAFEPATH": "1"})
+                self.mounts.append(mount)
+                mounts[f"recfs {self.compare}"] = mount
+            size = 0
             direct, slow = Direct(fast), Direct(sim)
-            rec, curl_fast, curl_slow, cpu = [], [], [], []
+            times: dict[str, list[float]] = {k: [] for k in [*mounts, "curl nginx", "curl sim"]}
+            cpu: dict[str, list[float]] = {k: [] for k in mounts}
             try:
                 for i in range(reps):
-                    def recfs_run(i=i):
-                        before = cpu_seconds(mount.proc.pid)
-                        rec.append(timed(lambda: dd(paths[3 * i])))
-                        cpu.append(cpu_seconds(mount.proc.pid) - before)
-                    runs = [recfs_run,
-                            lambda i=i: curl_fast.append(timed(lambda: direct.curl(big[3 * i + 1]["recording"]))),
-                            lambda i=i: curl_slow.append(timed(lambda: slow.curl(big[3 * i + 2]["recording"])))]
-                    for run in runs[i % 3:] + runs[:i % 3]:
-                        run()
-                ttfb = self._wire_ttfb(sim, mount, direct, reps * 3)
+                    names = list(times)
+                    cdrs = {k: sim.call(duration=seconds_for(64 * MiB)) for k in names}
+                    size = sim.recordings()[cdrs[names[0]]["recording"]]["size"]
+                    paths = {k: mounts[k].wait_file(cdrs[k], timeout=30) for k in mounts}
+                    for k in names[i % len(names):] + names[:i % len(names)]:
+                        if k in mounts:
+                            before = cpu_seconds(mounts[k].proc.pid)
+                            times[k].append(timed(lambda: dd(paths[k])))
+                            cpu[k].append(cpu_seconds(mounts[k].proc.pid) - before)
+                            assert paths[k].read_bytes() == sim.recording_bytes(cdrs[k]["recording"])
+                        else:
+                            client = direct if k == "curl nginx" else slow
+                            times[k].append(timed(lambda: client.curl(cdrs[k]["recording"])))
+                    for cdr in cdrs.values():  # 64 MiB each: keep the disk free
+                        sim.http.post("/sim/delete-recordings", json={
+                            "names": [cdr["recording"]]}).raise_for_status()
+                ttfb = {k: self._wire_ttfb(sim, m, direct, reps * 2) for k, m in mounts.items()}
             finally:
                 direct.close()
                 slow.close()
-            for i in range(reps):
-                assert paths[3 * i].read_bytes() == self.truth_of(sim, big[3 * i]["recording"])
-            r, cf, cs = (statistics.median(x) for x in (rec, curl_fast, curl_slow))
-            line("curl (get_random + download) from the simulator", f"{size / cs / MiB:8.0f} MiB/s "
-                 f"(median of {reps})", "the old baseline")
-            line("curl (get_random + download) from nginx", f"{size / cf / MiB:8.0f} MiB/s",
-                 f"{cs / cf:.1f}x the simulator")
-            line("recfs, dd bs=1M of a never-read 64 MiB file", f"{size / r / MiB:8.0f} MiB/s "
-                 f"({min(rec):.3f}-{max(rec):.3f} s)", f"ratio {cf / r:.2f} of curl (goal >= 0.8)")
-            line("  curl from nginx / recfs", "", f"{r / cf:.2f}x")
-            c = statistics.median(cpu)
-            line("  recfs CPU per 64 MiB recording", f"{c * 1000:8.0f} ms",
-                 f"{c * 1000 / (size / MiB):.2f} ms per MiB")
-            t_rec, t_direct, t_httpx, t_cpu = ttfb
-            line("first byte: stat + open + 128 KiB read", f"{t_rec * 1000:8.1f} ms "
-                 f"(median of {reps * 3})")
-            line("  direct script: get_random + download, 1 byte", f"{t_direct * 1000:8.1f} ms",
-                 f"recfs {1000 * (t_rec - t_direct):+.1f} ms (goal <= +5 ms)")
-            line("  same with httpx", f"{t_httpx * 1000:8.1f} ms")
-            line("  recfs CPU per uncached first read", f"{t_cpu * 1000:8.1f} ms")
+            med = {k: statistics.median(v) for k, v in times.items()}
+            curl = med["curl nginx"]
+            line("curl (get_random + download) from the simulator",
+                 f"{size / med['curl sim'] / MiB:8.0f} MiB/s (median of {reps})", "the old baseline")
+            line("curl (get_random + download) from nginx", f"{size / curl / MiB:8.0f} MiB/s",
+                 f"{med['curl sim'] / curl:.1f}x the simulator")
+            for k in mounts:
+                r = med[k]
+                line(f"{k}: dd bs=1M, never-read 64 MiB", f"{size / r / MiB:8.0f} MiB/s "
+                     f"({min(times[k]):.3f}-{max(times[k]):.3f} s)",
+                     f"ratio {curl / r:.2f} of curl (goal >= 0.8); curl is {r / curl:.1f}x")
+                c = statistics.median(cpu[k])
+                line(f"  {k}: CPU per 64 MiB recording", f"{c * 1000:8.0f} ms",
+                     f"{c * 1000 / (size / MiB):.2f} ms per MiB")
+            for k in mounts:
+                t_rec, t_direct, t_httpx, t_cpu = ttfb[k]
+                line(f"{k}: stat + open + 128 KiB, never read", f"{t_rec * 1000:8.1f} ms "
+                     f"(median of {reps * 2})")
+                line("  direct script: get_random + download, 1 byte", f"{t_direct * 1000:8.1f} ms",
+                     f"recfs {1000 * (t_rec - t_direct):+.1f} ms (goal <= +5 ms)")
+                line("  same with httpx", f"{t_httpx * 1000:8.1f} ms")
+                line(f"  {k}: CPU per uncached first read", f"{t_cpu * 1000:8.1f} ms")
         finally:
-            if mount is not None:
+            for mount in mounts.values():
                 self.done(mount)
             if front is not None:
                 front.close()
             sim.close()
 
+    def _export(self, rev: str) -> Path:
+        """recfs/ as of git revision *rev*, for a mount to import instead of this tree."""
+        target = self.work / f"recfs-{rev}"
+        target.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "recfs"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        return target
+
     def _wire_ttfb(self, sim, mount, direct, reps: int) -> tuple[float, float, float, float]:
         """stat + open + 128 KiB of never-read 1 MiB recordings through recfs, vs a
         plain script (http.client) making the same two requests and reading 1 byte,
-        and httpx doing the same; medians, and recfs's CPU per recording."""
+        and httpx doing the same; medians, and recfs's CPU per recording (from the
+        stat until its transfer has ended)."""
         cdrs = [sim.call(duration=seconds_for(MiB)) for _ in range(reps * 3)]
         paths = [mount.wait_file(c) for c in cdrs]
         rec, plain, via_httpx, cpu = [], [], [], []
@@ -487,16 +514,12 @@ class Bench:
         for i in range(reps):
             before = cpu_seconds(mount.proc.pid)
             rec.append(timed(lambda: first(paths[3 * i])))
-            time.sleep(0.05)  # let the transfer finish or stop
+            time.sleep(0.1)  # the transfer ends (the file is complete, or stopped)
             cpu.append(cpu_seconds(mount.proc.pid) - before)
             plain.append(timed(lambda: direct.first_byte_plain(cdrs[3 * i + 1]["recording"])))
             via_httpx.append(timed(lambda: direct.download(cdrs[3 * i + 2]["recording"], True)))
         return (statistics.median(rec), statistics.median(plain), statistics.median(via_httpx),
-                statistics.median(cpu))
-
-    @staticmethod
-    def truth_of(sim, name: str) -> bytes:
-        return sim.recording_bytes(name)
+                statistics.mean(cpu))
 
     def bulk(self) -> None:
         count = 100 if self.quick else 500
@@ -845,13 +868,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=",".join(ALL))
+    parser.add_argument("--compare", metavar="REV",
+                        help="wire: also mount recfs as of this git revision, same rounds")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (drop_caches)", file=sys.stderr)
         return 2
     print(f"machine: {os.cpu_count()} CPUs, {platform_summary()}")
     work = Path(tempfile.mkdtemp(prefix="recfs-bench-"))
-    bench = Bench(work, args.quick)
+    bench = Bench(work, args.quick, args.compare)
     try:
         for name in args.only.split(","):
             getattr(bench, name)()

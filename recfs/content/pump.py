@@ -40,6 +40,7 @@ from recfs.pbx.tls import Interrupted
 # room asked for at a time (evicting for it).
 BUFFER = 1 << 20
 ROOM = 8 << 20
+REPORT = 4 << 20  # at least every this many bytes, the worker reports its progress
 
 _buffers: list[bytearray] = []  # reused: a zeroed MiB per download is measurable
 
@@ -63,21 +64,35 @@ class Leg:
         self._token = trio.lowlevel.current_trio_token()
         self._reported = self.written  # trio: what the transfer has been told
         self._queued = False  # a progress report is waiting to run on the trio thread
+        # trio: the worker reports once it has written this far (a reader waits for
+        # it), or REPORT bytes after its last report; a report per record would
+        # cost a trio wake-up (a syscall and a thread switch) per 16 KiB.
+        self.wanted = self.written + 1
+        self._posted = self.written  # thread: where the last report was queued
 
     # -- the trio thread ---------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Run the worker until it returns; the transfer knows every byte it wrote."""
+    async def run(self) -> bool:
+        """Run the worker until it returns; the transfer knows every byte it wrote.
+        True if the body (or the connection) ended; False if halted (abandoned,
+        stopped, cancelled)."""
         assert self.body.direct is not None
         self.body.direct.clear()
+        self.transfer.on_wait = self._reader_waits
+        ended, failure = False, None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._halt_when_cancelled)
                 try:
-                    await trio.to_thread.run_sync(self._work)
+                    ended = await trio.to_thread.run_sync(self._work)
+                except Exception as exc:  # raised below, not wrapped in the nursery's group
+                    failure = exc
                 finally:
                     nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
+            self.transfer.on_wait = None
             self._report()
             if not self.transfer.stopped:
                 # Room counted but not used goes back (a stopped transfer gave all
@@ -86,6 +101,7 @@ class Leg:
                 self.cache.release(unused)
                 self.transfer.counted -= unused
                 self.room = self.written
+        return ended
 
     async def _halt_when_cancelled(self) -> None:
         try:
@@ -98,16 +114,23 @@ class Leg:
         if self.body.direct is not None:
             self.body.direct.wake()
 
+    def _reader_waits(self) -> None:
+        self._report()  # the bytes may be on disk already
+
     def _report(self) -> None:
-        """Tell the transfer (and so its readers) how far the bytes on disk go."""
+        """Tell the transfer (and so its readers) how far the bytes on disk go, and
+        the worker how far the next report should wait."""
         self._queued = False
         written = self.written
-        if written > self._reported and not self.transfer.stopped:
+        transfer = self.transfer
+        if written > self._reported and not transfer.stopped:
             self.on_bytes(written - self._reported)
             self._reported = written
-            self.transfer.arrived(written)
-            if self.transfer.abandoned and not self.transfer.all_there:
+            transfer.arrived(written)
+            if transfer.abandoned and not transfer.all_there:
                 self.halt = True  # nobody reads: stop reading for now (store._linger)
+        first = transfer.first_wanted
+        self.wanted = first if first is not None else written + REPORT
 
     def _grant(self, upto: int) -> int:
         """Count cache room for bytes up to *upto* (evicting for it); the new limit."""
@@ -124,14 +147,14 @@ class Leg:
 
     # -- the worker thread -------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self) -> bool:
         buffer = _buffers.pop() if _buffers else bytearray(BUFFER)
         try:
-            self._pump(memoryview(buffer))
+            return self._pump(memoryview(buffer))
         finally:
             _buffers.append(buffer)
 
-    def _pump(self, view: memoryview) -> None:
+    def _pump(self, view: memoryview) -> bool:
         size = self.transfer.size  # set before the body is read, not changed after
         assert size is not None
         room = self.room
@@ -139,9 +162,9 @@ class Leg:
             try:
                 n = self.body.read_into(view)
             except Interrupted:
-                return
+                return False
             if n == 0:
-                return  # the end of the body, or of the connection: the caller checks
+                return True  # the end of the body, or of the connection: the caller checks
             chunk = view[:n]
             self.digest.update(chunk)
             start, end = self.position, self.position + n
@@ -154,12 +177,14 @@ class Leg:
                 room = trio.from_thread.run_sync(self._grant, min(size, end + ROOM),
                                                  trio_token=self._token)
                 if end > room:
-                    return  # stopped or halted meanwhile
+                    return False  # stopped or halted meanwhile
             self._write(chunk, start)
             self.written = end
-            if not self._queued:
+            if (end >= self.wanted or end - self._posted >= REPORT) and not self._queued:
                 self._queued = True
+                self._posted = end
                 self._token.run_sync_soon(self._report)
+        return False
 
     def _write(self, chunk: memoryview, offset: int) -> None:
         fd = self.transfer.fd

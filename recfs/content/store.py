@@ -488,10 +488,9 @@ class ContentStore:
         as the chunk loop does, and goes on if someone comes back)."""
         while True:
             leg = Leg(transfer, body, self.cache, digest, position, skip, self._downloaded)
-            await leg.run()
+            ended = await leg.run()
             position = leg.position
-            assert body.direct is not None
-            if body.direct.remaining == 0 or not leg.halt:
+            if ended:
                 return position  # the whole body, or the connection ended early
             if transfer.abandoned and not transfer.all_there:
                 await self._linger(transfer)

@@ -14,6 +14,7 @@ stops it (store.py), since no one would ever read the rest.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import trio
 
@@ -71,6 +72,10 @@ class Transfer:
         # there (or at the end, or on failure), not at every chunk: twenty readers
         # of one download must not all wake for every 16 KiB.
         self._byte_waiters: list[tuple[int, trio.Event]] = []
+        # Set while a worker thread writes the body (content/pump.py): called when a
+        # reader starts waiting for bytes not reported yet, so that the worker
+        # reports as soon as it has them, and not at every record.
+        self.on_wait: Callable[[], None] | None = None
 
     @property
     def urgent(self) -> bool:
@@ -138,6 +143,11 @@ class Transfer:
             for _end, event in ready:
                 event.set()
 
+    @property
+    def first_wanted(self) -> int | None:
+        """The smallest end of bytes a reader waits for, if any."""
+        return self._byte_waiters[0][0] if self._byte_waiters else None
+
     def finish(self) -> None:
         self.complete = True
         self.done.set()
@@ -172,6 +182,8 @@ class Transfer:
             event = trio.Event()
             self._byte_waiters.append((end, event))
             self._byte_waiters.sort(key=lambda w: w[0])
+            if self.on_wait is not None:
+                self.on_wait()
             await event.wait()
         if self.have < end:
             self.raise_if_failed()

@@ -157,8 +157,10 @@ class RecordingBody:
         assert self.direct is not None
         try:
             return self.direct.read_into(view)
-        except OSError as exc:  # TimeoutError, ssl.SSLError, resets
-            raise PbxError("download", None, describe(exc)) from None
+        except OSError as exc:  # TimeoutError, ssl.SSLError, resets: named as httpx would
+            text = str(exc) or type(exc).__name__
+            error = httpx.ReadTimeout(text) if isinstance(exc, TimeoutError) else httpx.ReadError(text)
+            raise PbxError("download", None, describe(error)) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The rest of the body, after `head`."""
