@@ -435,7 +435,9 @@ class Bench:
                 mounts[f"recfs {self.compare}"] = mount
             size = 0
             direct, slow = Direct(fast), Direct(sim)
-            times: dict[str, list[float]] = {k: [] for k in [*mounts, "curl nginx", "curl sim"]}
+            times: dict[str, list[float]] = {
+                k: [] for k in [*mounts, "curl nginx", "curl nginx to a file", "curl sim"]}
+            out = self.work / "wire-curl-out"
             cpu: dict[str, list[float]] = {k: [] for k in mounts}
             try:
                 for i in range(reps):
@@ -449,6 +451,9 @@ class Bench:
                             times[k].append(timed(lambda: dd(paths[k])))
                             cpu[k].append(cpu_seconds(mounts[k].proc.pid) - before)
                             assert paths[k].read_bytes() == sim.recording_bytes(cdrs[k]["recording"])
+                        elif k == "curl nginx to a file":
+                            times[k].append(timed(lambda: direct.curl(cdrs[k]["recording"], str(out))))
+                            out.unlink()
                         else:
                             client = direct if k == "curl nginx" else slow
                             times[k].append(timed(lambda: client.curl(cdrs[k]["recording"])))
@@ -465,6 +470,9 @@ class Bench:
                  f"{size / med['curl sim'] / MiB:8.0f} MiB/s (median of {reps})", "the old baseline")
             line("curl (get_random + download) from nginx", f"{size / curl / MiB:8.0f} MiB/s",
                  f"{med['curl sim'] / curl:.1f}x the simulator")
+            line("curl from nginx into a file (the page cache)",
+                 f"{size / med['curl nginx to a file'] / MiB:8.0f} MiB/s",
+                 "what a copy that keeps the bytes pays")
             for k in mounts:
                 r = med[k]
                 line(f"{k}: dd bs=1M, never-read 64 MiB", f"{size / r / MiB:8.0f} MiB/s "
