@@ -113,13 +113,8 @@ http {{
         return _Fronted(self.sim, self.url)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish, then exit
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        from tests.mount.harness import stop_process
+        stop_process(self.proc, signal.SIGQUIT)  # SIGQUIT: nginx's graceful stop
         self._log.close()
 
 

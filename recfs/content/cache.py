@@ -91,6 +91,22 @@ def resolve_size(text: str | None, root: Path, default_percent: float) -> int:
     return fs_bytes * number // 10000 if percent else number
 
 
+def pwrite_all(fd: int, view: memoryview, offset: int, evict: Callable[[int], int]) -> None:
+    """pwrite all of *view* at *offset*; on ENOSPC, *evict*(bytes) makes room (it
+    returns the bytes freed: none means CacheFull)."""
+    while view:
+        try:
+            written = os.pwrite(fd, view, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if not evict(len(view)):
+                raise CacheFull("cache filesystem full and nothing left to evict") from None
+            continue
+        view = view[written:]
+        offset += written
+
+
 class DiskCache:
     def __init__(self, root: Path | str, *, max_bytes: int | None = None,
                  min_free: int = 0, index_path: Path | str | None = None,
@@ -249,19 +265,8 @@ class DiskCache:
         passing them, evict on ENOSPC, CacheFull when nothing more can go."""
         view = memoryview(data)
         self._make_room(len(view))
-        while view:
-            try:
-                written = os.pwrite(fd, view, offset)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                freed = self._evict(len(view), reason="cache filesystem full")
-                if not freed:
-                    raise CacheFull("cache filesystem full and nothing left to evict") from None
-                continue
-            view = view[written:]
-            offset += written
-            self.partial_bytes += written
+        pwrite_all(fd, view, offset, self.evict_for_full_disk)
+        self.partial_bytes += len(view)
 
     def reserve(self, incoming: int) -> None:
         """Count *incoming* bytes that a download's worker thread is about to pwrite

@@ -23,14 +23,12 @@ Which thread touches what (the rule of this module):
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from recfs.content.cache import CacheFull, DiskCache
+from recfs.content.cache import DiskCache, pwrite_all
 from recfs.content.transfer import Transfer
 from recfs.pbx.client import RecordingBody
 from recfs.pbx.tls import Interrupted
@@ -187,14 +185,8 @@ class Leg:
         return False
 
     def _write(self, chunk: memoryview, offset: int) -> None:
-        fd = self.transfer.fd
-        while chunk:
-            try:
-                done = os.pwrite(fd, chunk, offset)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                if not trio.from_thread.run_sync(self._evict, len(chunk), trio_token=self._token):
-                    raise CacheFull("cache filesystem full and nothing left to evict") from None
-                continue
-            chunk, offset = chunk[done:], offset + done
+        pwrite_all(self.transfer.fd, chunk, offset, self._evict_from_thread)
+
+    def _evict_from_thread(self, need: int) -> int:
+        # ENOSPC: eviction touches the cache index, which is the trio thread's.
+        return trio.from_thread.run_sync(self._evict, need, trio_token=self._token)
