@@ -10,11 +10,15 @@ far it got.
 Which thread touches what (the rule of this module):
 - The worker thread touches only the download's socket (through `read_into`), the
   partial file's descriptor (`os.pwrite`), the SHA-256 object, its read buffer, and
-  the `Leg` fields marked "thread" below. It never touches the Transfer or the cache.
+  the `Leg` fields marked "thread" below; of the Transfer it reads only `fd` and
+  `size`, which do not change while it runs, and of the trio side's fields only
+  `halt` and `wanted` (plain values). It never touches the cache.
 - The trio thread touches the Transfer, the cache (room, eviction, accounting) and
-  the stats. The worker asks it for cache room with `trio.from_thread.run_sync`
-  (waiting for the answer), and reports progress with `TrioToken.run_sync_soon`
-  (at most one report queued at a time; the report reads the latest position).
+  the stats. The worker asks it for cache room (and, on ENOSPC, for eviction) with
+  `trio.from_thread.run_sync`, waiting for the answer, and reports progress with
+  `TrioToken.run_sync_soon` (at most one report queued at a time; the report reads
+  the latest position) once it has the bytes a reader waits for (`wanted`, kept
+  up to date through `Transfer.on_wait`) or every REPORT bytes.
 - Pausing and stopping: trio sets `Leg.halt` and wakes the socket wait; the worker
   returns at its next check. The trio task that started a leg always waits for the
   thread to return, even when cancelled, so the connection is closed (when the
