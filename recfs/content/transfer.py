@@ -45,7 +45,7 @@ class Transfer:
         self.expected_sha256 = sha256
         self.sha256: str | None = None  # of the bytes of the attempt that completed
         self.size = size  # known from the catalog, Content-Length or the WAV header
-        self.fd = fd  # the partial file, written with pwrite by the download task only
+        self.fd = fd  # the partial file, written only by the download task (or its worker, pump.py)
         self.have = 0  # bytes [0, have) are on disk
         self.counted = 0  # bytes the cache counts for the partial file (written or reserved)
         self.readers = 0  # open files: make the transfer urgent
