@@ -8,6 +8,12 @@
 Needs root (drop_caches), /dev/fuse, curl, rsync, dd. Not part of the test suite:
 it prints figures, and a ratio against its baseline for each.
 
+  wire     uncached reads from a PBX that is not the bottleneck (nginx sends the
+           bytes, the simulator keeps the handshake: scripts/nginx_front.py): dd bs=1M
+           of never-read 64 MiB recordings vs curl (get_random + download) from
+           nginx, and curl from the simulator alone to show the difference; stat +
+           open + 128 KiB of never-read recordings vs a plain http.client script
+           making the same two requests; recfs's CPU per recording and per MiB
   cached   dd bs=1M of a cached 64 MiB recording, vs a minimal pyfuse3 filesystem
            (below, in this file) serving the same file with os.pread; with
            direct_io (the default) and through the page cache (direct_io=no), the
@@ -89,6 +95,12 @@ def vm_rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads, so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def line(name: str, figure: str, ratio: str = "") -> None:
@@ -188,6 +200,26 @@ class Direct:
                     break
         return got
 
+    def first_byte_plain(self, name: str) -> None:
+        """get_random + download up to the first body byte, with http.client: what a
+        short script does (a connection each, as the PBX wants; no session reuse)."""
+        import http.client
+        import urllib.parse
+        host, port = self.sim.url.rsplit("/", 1)[1].rsplit(":", 1)
+        base = "/api/v2.0.0/recording/"
+        conn = http.client.HTTPSConnection(host, int(port), context=self.ctx)
+        conn.request("POST", f"{base}get_random?token={self.token}",
+                     body=json.dumps({"recording": name}),
+                     headers={"Content-Type": "application/json"})
+        random_value = json.loads(conn.getresponse().read())["random"]
+        conn.close()
+        query = urllib.parse.urlencode({"recording": name, "random": random_value,
+                                        "token": self.token})
+        conn = http.client.HTTPSConnection(host, int(port), context=self.ctx)
+        conn.request("GET", f"{base}download?{query}")
+        assert conn.getresponse().read(1) == b"R"
+        conn.close()
+
     def curl(self, name: str, out: str = "/dev/null") -> None:
         import urllib.parse
         base = self.sim.url + "/api/v2.0.0/recording/"
@@ -230,10 +262,11 @@ def _wrong(sim, names: list[str], target: Path) -> list[str]:
 
 
 class Bench:
-    def __init__(self, work: Path, quick: bool):
+    def __init__(self, work: Path, quick: bool, compare: str | None = None):
         from tests.mount.harness import Sim
         self.work = work
         self.quick = quick
+        self.compare = compare
         self.sim = Sim(work / "sim")
         self.bulk_sim = None
         self.mounts = []
@@ -376,6 +409,125 @@ class Bench:
         line("direct: get_random + first body byte", f"{b * 1000:8.1f} ms",
              f"recfs {1000 * (r - b):+.1f} ms (goal <= +10 ms)")
         self.done(mount)
+
+    def wire(self) -> None:
+        """Uncached reads against a PBX that is not the bottleneck: nginx in front of
+        the simulator (scripts/nginx_front.py) sends the bytes, the simulator keeps
+        the handshake (get_random, one-shot randoms). With --compare REV, recfs of that
+        git revision is mounted too and measured in the same rounds."""
+        from nginx_front import ACCEL_PREFIX, NginxFront
+        from tests.mount.harness import Mount, Sim
+        reps = 3 if self.quick else 7
+        print(f"uncached reads, PBX = nginx (TLS 1.2, Connection: close) in front of the "
+              f"simulator; {reps} rounds in rotating order")
+        sim = Sim(self.work / "wire-sim", "--accel-redirect", ACCEL_PREFIX)
+        front = None
+        mounts: dict[str, object] = {}
+        try:
+            front = NginxFront(sim, self.work / "wire-nginx")
+            fast = front.fronted()
+            mounts["recfs"] = self.mount("wire", "readahead=0", sim=fast)
+            if self.compare:
+                old = self._export(self.compare)
+                mount = Mount(fast, self.work / "wire-old", "prefetch=none", "readahead=0",
+                              env={"PYTHONPATH": str(old), "PYTHONSAFEPATH": "1"})
+                self.mounts.append(mount)
+                mounts[f"recfs {self.compare}"] = mount
+            size = 0
+            direct, slow = Direct(fast), Direct(sim)
+            times: dict[str, list[float]] = {
+                k: [] for k in [*mounts, "curl nginx", "curl nginx to a file", "curl sim"]}
+            out = self.work / "wire-curl-out"
+            cpu: dict[str, list[float]] = {k: [] for k in mounts}
+            try:
+                for i in range(reps):
+                    names = list(times)
+                    cdrs = {k: sim.call(duration=seconds_for(64 * MiB)) for k in names}
+                    size = sim.recordings()[cdrs[names[0]]["recording"]]["size"]
+                    paths = {k: mounts[k].wait_file(cdrs[k], timeout=30) for k in mounts}
+                    for k in names[i % len(names):] + names[:i % len(names)]:
+                        if k in mounts:
+                            before = cpu_seconds(mounts[k].proc.pid)
+                            times[k].append(timed(lambda: dd(paths[k])))
+                            cpu[k].append(cpu_seconds(mounts[k].proc.pid) - before)
+                            assert paths[k].read_bytes() == sim.recording_bytes(cdrs[k]["recording"])
+                        elif k == "curl nginx to a file":
+                            times[k].append(timed(lambda: direct.curl(cdrs[k]["recording"], str(out))))
+                            out.unlink()
+                        else:
+                            client = direct if k == "curl nginx" else slow
+                            times[k].append(timed(lambda: client.curl(cdrs[k]["recording"])))
+                    for cdr in cdrs.values():  # 64 MiB each: keep the disk free
+                        sim.http.post("/sim/delete-recordings", json={
+                            "names": [cdr["recording"]]}).raise_for_status()
+                ttfb = {k: self._wire_ttfb(sim, m, direct, reps * 2) for k, m in mounts.items()}
+            finally:
+                direct.close()
+                slow.close()
+            med = {k: statistics.median(v) for k, v in times.items()}
+            curl = med["curl nginx"]
+            line("curl (get_random + download) from the simulator",
+                 f"{size / med['curl sim'] / MiB:8.0f} MiB/s (median of {reps})", "the old baseline")
+            line("curl (get_random + download) from nginx", f"{size / curl / MiB:8.0f} MiB/s",
+                 f"{med['curl sim'] / curl:.1f}x the simulator")
+            line("curl from nginx into a file (the page cache)",
+                 f"{size / med['curl nginx to a file'] / MiB:8.0f} MiB/s",
+                 "what a copy that keeps the bytes pays")
+            for k in mounts:
+                r = med[k]
+                line(f"{k}: dd bs=1M, never-read 64 MiB", f"{size / r / MiB:8.0f} MiB/s "
+                     f"({min(times[k]):.3f}-{max(times[k]):.3f} s)",
+                     f"ratio {curl / r:.2f} of curl (goal >= 0.8); curl is {r / curl:.1f}x")
+                c = statistics.median(cpu[k])
+                line(f"  {k}: CPU per 64 MiB recording", f"{c * 1000:8.0f} ms",
+                     f"{c * 1000 / (size / MiB):.2f} ms per MiB")
+            for k in mounts:
+                t_rec, t_direct, t_httpx, t_cpu = ttfb[k]
+                line(f"{k}: stat + open + 128 KiB, never read", f"{t_rec * 1000:8.1f} ms "
+                     f"(median of {reps * 2})")
+                line("  direct script: get_random + download, 1 byte", f"{t_direct * 1000:8.1f} ms",
+                     f"recfs {1000 * (t_rec - t_direct):+.1f} ms (goal <= +5 ms)")
+                line("  same with httpx", f"{t_httpx * 1000:8.1f} ms")
+                line(f"  {k}: CPU per uncached first read", f"{t_cpu * 1000:8.1f} ms")
+        finally:
+            for mount in mounts.values():
+                self.done(mount)
+            if front is not None:
+                front.close()
+            sim.close()
+
+    def _export(self, rev: str) -> Path:
+        """recfs/ as of git revision *rev*, for a mount to import instead of this tree."""
+        target = self.work / f"recfs-{rev}"
+        target.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "recfs"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        return target
+
+    def _wire_ttfb(self, sim, mount, direct, reps: int) -> tuple[float, float, float, float]:
+        """stat + open + 128 KiB of never-read 1 MiB recordings through recfs, vs a
+        plain script (http.client) making the same two requests and reading 1 byte,
+        and httpx doing the same; medians, and recfs's CPU per recording (from the
+        stat until its transfer has ended)."""
+        cdrs = [sim.call(duration=seconds_for(MiB)) for _ in range(reps * 3)]
+        paths = [mount.wait_file(c) for c in cdrs]
+        rec, plain, via_httpx, cpu = [], [], [], []
+
+        def first(path: Path) -> None:
+            os.stat(path)
+            with open(path, "rb", buffering=0) as f:
+                assert len(f.read(128 * 1024)) == 128 * 1024
+
+        for i in range(reps):
+            before = cpu_seconds(mount.proc.pid)
+            rec.append(timed(lambda: first(paths[3 * i])))
+            time.sleep(0.1)  # the transfer ends (the file is complete, or stopped)
+            cpu.append(cpu_seconds(mount.proc.pid) - before)
+            plain.append(timed(lambda: direct.first_byte_plain(cdrs[3 * i + 1]["recording"])))
+            via_httpx.append(timed(lambda: direct.download(cdrs[3 * i + 2]["recording"], True)))
+        return (statistics.median(rec), statistics.median(plain), statistics.median(via_httpx),
+                statistics.mean(cpu))
 
     def bulk(self) -> None:
         count = 100 if self.quick else 500
@@ -713,7 +865,7 @@ class Bench:
         line("for comparison: mount with an empty cache", f"{timed(empty.start) * 1000:8.0f} ms")
 
 
-ALL = ["cached", "stream", "ttfb", "bulk", "slowpbx", "seqcopy", "start", "many", "cap",
+ALL = ["wire", "cached", "stream", "ttfb", "bulk", "slowpbx", "seqcopy", "start", "many", "cap",
        "statcost", "slotwait"]
 
 
@@ -724,13 +876,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=",".join(ALL))
+    parser.add_argument("--compare", metavar="REV",
+                        help="wire: also mount recfs as of this git revision, same rounds")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (drop_caches)", file=sys.stderr)
         return 2
     print(f"machine: {os.cpu_count()} CPUs, {platform_summary()}")
     work = Path(tempfile.mkdtemp(prefix="recfs-bench-"))
-    bench = Bench(work, args.quick)
+    bench = Bench(work, args.quick, args.compare)
     try:
         for name in args.only.split(","):
             getattr(bench, name)()

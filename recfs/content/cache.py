@@ -91,6 +91,22 @@ def resolve_size(text: str | None, root: Path, default_percent: float) -> int:
     return fs_bytes * number // 10000 if percent else number
 
 
+def pwrite_all(fd: int, view: memoryview, offset: int, evict: Callable[[int], int]) -> None:
+    """pwrite all of *view* at *offset*; on ENOSPC, *evict*(bytes) makes room (it
+    returns the bytes freed: none means CacheFull)."""
+    while view:
+        try:
+            written = os.pwrite(fd, view, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if not evict(len(view)):
+                raise CacheFull("cache filesystem full and nothing left to evict") from None
+            continue
+        view = view[written:]
+        offset += written
+
+
 class DiskCache:
     def __init__(self, root: Path | str, *, max_bytes: int | None = None,
                  min_free: int = 0, index_path: Path | str | None = None,
@@ -249,19 +265,22 @@ class DiskCache:
         passing them, evict on ENOSPC, CacheFull when nothing more can go."""
         view = memoryview(data)
         self._make_room(len(view))
-        while view:
-            try:
-                written = os.pwrite(fd, view, offset)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                freed = self._evict(len(view), reason="cache filesystem full")
-                if not freed:
-                    raise CacheFull("cache filesystem full and nothing left to evict") from None
-                continue
-            view = view[written:]
-            offset += written
-            self.partial_bytes += written
+        pwrite_all(fd, view, offset, self.evict_for_full_disk)
+        self.partial_bytes += len(view)
+
+    def reserve(self, incoming: int) -> None:
+        """Count *incoming* bytes that a download's worker thread is about to pwrite
+        into its partial file (content/pump.py), keeping the limits as write() does
+        (evicting first). What it does not write goes back with release()."""
+        self._make_room(incoming)
+        self.partial_bytes += incoming
+
+    def release(self, unused: int) -> None:
+        self.partial_bytes -= unused
+
+    def evict_for_full_disk(self, need: int) -> int:
+        """The worker's pwrite met ENOSPC: evict; the bytes freed (0: CacheFull)."""
+        return self._evict(need, reason="cache filesystem full")
 
     def _free_bytes(self, incoming: int = 0) -> int:
         """Free bytes on the cache filesystem, before *incoming* more are written."""
@@ -348,6 +367,7 @@ class DiskCache:
         self._nothing_to_evict = False
 
     def discard_partial(self, ino: int, written: int) -> None:
+        """Delete a partial file; *written*: the bytes counted for it (write, reserve)."""
         self.partial_path(ino).unlink(missing_ok=True)
         self.partial_bytes -= written
 

@@ -9,6 +9,10 @@ the catalog, and its reads fail at once. Every download from the PBX is hashed a
 arrives, and the catalog learns size and SHA-256 together (with an archive, that
 queues its upload: archiver.py).
 
+The body of a PBX download whose length is known is read by a worker thread
+(pump.py, which says what that thread may touch); everything else here runs on the
+trio thread.
+
 One Transfer per recording at a time, shared by every reader and the prefetcher;
 reads wait only for the bytes they need; a finished file is checked against its
 announced size, fsynced and renamed into the cache. A size is recorded in the
@@ -37,7 +41,7 @@ import time
 from contextlib import AbstractAsyncContextManager
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 from cachetools import LRUCache, TTLCache
@@ -49,7 +53,8 @@ from recfs.content.cache import CacheFull, DiskCache
 from recfs.content.readahead import ReadAhead
 from recfs.content.slots import Slots
 from recfs.content.transfer import Interest, RecordingLost, Transfer, TransferFailed
-from recfs.pbx.client import PbxClient
+from recfs.content.pump import Leg
+from recfs.pbx.client import PbxClient, RecordingBody
 from recfs.pbx.errors import BAD_CREDENTIALS, FILE_GONE, LOCKED_OUT, PbxError
 
 log = logging.getLogger("recfs.content")
@@ -257,7 +262,7 @@ class ContentStore:
             del self.transfers[transfer.ino]
         # Now, not when the task ends: a new transfer of the recording may create
         # its partial file before that.
-        self.cache.discard_partial(transfer.ino, transfer.have)
+        self._discard_partial(transfer)
         self.stats.downloads_stopped += 1
         log.debug("download of %s stopped after %d of %s bytes: %s", transfer.name, transfer.have,
                   transfer.size if transfer.size is not None else "?", why)
@@ -335,7 +340,7 @@ class ContentStore:
             if transfer.stopped:
                 return  # whatever broke on the way out: _stop has cleaned up
             self.stats.downloads_failed += 1
-            self.cache.discard_partial(transfer.ino, transfer.have)
+            self._discard_partial(transfer)
             if isinstance(exc, CacheFull):
                 log.warning("download of %s failed: %s", transfer.name, exc.strerror)
             if transfer.archive_key is not None and not isinstance(exc, OSError):
@@ -367,7 +372,7 @@ class ContentStore:
             transfer.fail(exc)
         except BaseException as exc:  # stopped, cancelled at unmount, or a bug
             if not transfer.stopped:  # (stopped: _stop did all this already)
-                self.cache.discard_partial(transfer.ino, transfer.have)
+                self._discard_partial(transfer)
                 transfer.fail(TransferFailed(f"download interrupted: {type(exc).__name__}"))
             raise
         else:
@@ -385,6 +390,10 @@ class ContentStore:
             os.close(transfer.fd)
             if self.transfers.get(transfer.ino) is transfer:
                 del self.transfers[transfer.ino]
+
+    def _discard_partial(self, transfer: Transfer) -> None:
+        self.cache.discard_partial(transfer.ino, transfer.counted)
+        transfer.counted = 0
 
     def _archived(self, ino: int) -> bool:
         rec = self.catalog.by_ino(ino)
@@ -449,6 +458,7 @@ class ContentStore:
                 if end > skip:
                     start = max(position, skip)
                     self.cache.write(transfer.fd, memoryview(chunk)[start - position:], start)
+                    transfer.counted += end - start
                     self.stats.bytes_downloaded += end - start
                     # From the archive, the last byte waits for the SHA-256: a reader
                     # of wrong bytes gets EIO before the end of the file.
@@ -458,10 +468,13 @@ class ContentStore:
             position = take(body.head, 0)
             if transfer.abandoned and not transfer.all_there:
                 await self._linger(transfer)
-            async for chunk in body.chunks():
-                position = take(chunk, position)
-                if transfer.abandoned and not transfer.all_there:
-                    await self._linger(transfer)  # nobody reads: read no further for now
+            if isinstance(body, RecordingBody) and body.direct is not None:
+                position = await self._pump(transfer, body, digest, position, skip)
+            else:
+                async for chunk in body.chunks():
+                    position = take(chunk, position)
+                    if transfer.abandoned and not transfer.all_there:
+                        await self._linger(transfer)  # nobody reads: read no further for now
             if transfer.size is None:
                 transfer.announce_size(position)
             if position != transfer.size:
@@ -475,6 +488,23 @@ class ContentStore:
             raise ArchiveMismatch(f"SHA-256 {transfer.sha256} instead of {transfer.expected_sha256}")
         if verify:
             transfer.arrived(position)
+
+    async def _pump(self, transfer: Transfer, body: RecordingBody, digest: Any,
+                    position: int, skip: int) -> int:
+        """The rest of a PBX body, read by a worker thread (pump.py) in legs: a leg
+        ends when the body does, or when nobody reads any more (then this lingers,
+        as the chunk loop does, and goes on if someone comes back)."""
+        while True:
+            leg = Leg(transfer, body, self.cache, digest, position, skip, self._downloaded)
+            ended = await leg.run()
+            position = leg.position
+            if ended:
+                return position  # the whole body, or the connection ended early
+            if transfer.abandoned and not transfer.all_there:
+                await self._linger(transfer)
+
+    def _downloaded(self, count: int) -> None:
+        self.stats.bytes_downloaded += count
 
     async def _prefetch_worker(self) -> None:
         async for rec in self._prefetch_receive:

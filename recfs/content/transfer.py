@@ -14,6 +14,7 @@ stops it (store.py), since no one would ever read the rest.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import trio
 
@@ -44,8 +45,9 @@ class Transfer:
         self.expected_sha256 = sha256
         self.sha256: str | None = None  # of the bytes of the attempt that completed
         self.size = size  # known from the catalog, Content-Length or the WAV header
-        self.fd = fd  # the partial file, written with pwrite by the download task only
+        self.fd = fd  # the partial file, written only by the download task (or its worker, pump.py)
         self.have = 0  # bytes [0, have) are on disk
+        self.counted = 0  # bytes the cache counts for the partial file (written or reserved)
         self.readers = 0  # open files: make the transfer urgent
         self.sizers = 0  # stat calls waiting for the size: urgent too, until it is known
         self.fetchers = 0  # background fetches waiting for the whole file
@@ -70,6 +72,10 @@ class Transfer:
         # there (or at the end, or on failure), not at every chunk: twenty readers
         # of one download must not all wake for every 16 KiB.
         self._byte_waiters: list[tuple[int, trio.Event]] = []
+        # Set while a worker thread writes the body (content/pump.py): called when a
+        # reader starts waiting for bytes not reported yet, so that the worker
+        # reports as soon as it has them, and not at every record.
+        self.on_wait: Callable[[], None] | None = None
 
     @property
     def urgent(self) -> bool:
@@ -126,12 +132,21 @@ class Transfer:
         self._notify()
 
     def arrived(self, have: int) -> None:
+        # Never backwards: a worker thread's progress report may come after the
+        # download task has said the same or more (content/pump.py).
+        if have <= self.have:
+            return
         self.have = have
         if self._byte_waiters and self._byte_waiters[0][0] <= have:
             ready = [w for w in self._byte_waiters if w[0] <= have]
             self._byte_waiters = [w for w in self._byte_waiters if w[0] > have]
             for _end, event in ready:
                 event.set()
+
+    @property
+    def first_wanted(self) -> int | None:
+        """The smallest end of bytes a reader waits for, if any."""
+        return self._byte_waiters[0][0] if self._byte_waiters else None
 
     def finish(self) -> None:
         self.complete = True
@@ -167,6 +182,8 @@ class Transfer:
             event = trio.Event()
             self._byte_waiters.append((end, event))
             self._byte_waiters.sort(key=lambda w: w[0])
+            if self.on_wait is not None:
+                self.on_wait()
             await event.wait()
         if self.have < end:
             self.raise_if_failed()

@@ -24,7 +24,7 @@ import trio
 
 from recfs.logs import forget_secret, register_secret
 from recfs.pbx.errors import BAD_CREDENTIALS, LOCKED_OUT, PbxError
-from recfs.pbx.tls import TlsSessions, pbx_transport
+from recfs.pbx.tls import SocketBody, TlsSessions, pbx_transport
 
 log = logging.getLogger("recfs.pbx")
 
@@ -142,10 +142,25 @@ class RecordingBody:
     content_length: int | None
     riff_size: int | None  # from the WAV header: the file's length, if it is a RIFF file
     _rest: AsyncIterator[bytes]
+    # The rest of the body (after `head`) for a worker thread to read off the socket,
+    # when its length is known (Content-Length, no transfer or content coding); else
+    # None, and `chunks()` is the way.
+    direct: SocketBody | None = None
 
     @property
     def announced_size(self) -> int | None:
         return self.content_length if self.content_length is not None else self.riff_size
+
+    def read_into(self, view: memoryview) -> int:
+        """In the worker thread: `SocketBody.read_into`, with failures as PbxError
+        (Interrupted passes: the reader was asked to pause or stop)."""
+        assert self.direct is not None
+        try:
+            return self.direct.read_into(view)
+        except OSError as exc:  # TimeoutError, ssl.SSLError, resets: named as httpx would
+            text = str(exc) or type(exc).__name__
+            error = httpx.ReadTimeout(text) if isinstance(exc, TimeoutError) else httpx.ReadError(text)
+            raise PbxError("download", None, describe(error)) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The rest of the body, after `head`."""
@@ -225,6 +240,7 @@ class PbxClient:
         self.logins = 0
         self.handshakes = 0
         self.last_interaction: float | None = None
+        self._io_timeout = io_timeout
         timeout = httpx.Timeout(io_timeout, connect=connect_timeout)
         self.tls: TlsSessions | None = None
         if transport is None:
@@ -397,7 +413,17 @@ class PbxClient:
                         raise PbxError("download", None, "PBX answered an HTML page, not audio")
                     if not head:
                         raise PbxError("download", None, "PBX answered an empty body")
-                    yield RecordingBody(name, head, _content_length(response), riff_size, raw)
+                    length = _content_length(response)
+                    body = RecordingBody(name, head, length, riff_size, raw)
+                    stream = response.extensions.get("network_stream")
+                    if length is not None and length >= len(head) and self.tls is not None \
+                            and stream is not None:
+                        body.direct = SocketBody(stream, length - len(head), self._io_timeout)
+                    try:
+                        yield body
+                    finally:
+                        if body.direct is not None:
+                            body.direct.close()
                     return
             except httpx.HTTPError as exc:
                 raise PbxError("download", None, describe(exc)) from None

@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="make generated calls reproducible")
     p.add_argument("--fault", action="append", default=[], metavar="NAME=VALUE[,times=N]",
                    help="switch a fault on from the start (repeatable)")
+    p.add_argument("--accel-redirect", metavar="PREFIX",
+                   help="behind a front server (nginx): answer a download whose random is good "
+                        "with X-Accel-Redirect: PREFIX<name> and let the front server send the "
+                        "file (download faults still answered here)")
     p.add_argument("--ready-file", type=Path, help="write base URL, CA file and credentials here as JSON once serving")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -131,6 +135,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         missing_errno=args.missing_errno,
         faults={name: {"value": v["value"], "times": v["times"]} for name, v in faults.snapshot().items()},
         seed=args.seed,
+        accel_redirect=args.accel_redirect,
     )
 
 

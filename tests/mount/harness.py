@@ -49,6 +49,18 @@ def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal *proc* (if still running), give it 10 s, then kill it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 class _Registry:
     """The Sims and Mounts of the running test."""
 
@@ -248,13 +260,8 @@ class Mount:
         """Unmount (lazily) and stop the process; safe to call more than once."""
         if os.path.ismount(self.path):
             subprocess.run(["fusermount3", "-uz", str(self.path)], timeout=30)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
         self._log.close()
         if self.log_path.exists():
             self._final_log = self.log_path.read_text(errors="replace")

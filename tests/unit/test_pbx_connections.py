@@ -188,3 +188,51 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def test_a_body_of_known_length_is_read_off_the_socket_by_a_thread(sim):
+    # RecordingBody.direct (content/pump.py reads it): the bytes after the sniffed head,
+    # exactly Content-Length of them; a wake-up interrupts a read that waits; a body
+    # of unknown length is left to httpx.
+    from recfs.pbx.client import PbxClient, ReportTarget
+    from recfs.pbx.tls import Interrupted
+    from tests.sim_helpers import PASSWORD, USER
+
+    async with http_client(sim) as admin:
+        name = (await make_call(admin, duration=40))["recording"]
+        client = PbxClient(sim.base_url, USER, lambda: PASSWORD, target=ReportTarget(9),
+                           verify=client_context(sim.ca_file), io_timeout=5)
+        expected = (sim.data_dir / "recordings" / name).read_bytes()
+        buffer = memoryview(bytearray(1 << 20))
+
+        def rest(body) -> bytes:
+            out = bytearray()
+            while n := body.read_into(buffer):
+                out += buffer[:n]
+            return bytes(out)
+
+        async with client.download(name) as body:
+            assert body.direct is not None
+            assert body.head + await trio.to_thread.run_sync(rest, body) == expected
+        await admin.post("/sim/faults", json={"stall_after": 100_000, "times": 1})
+        async with client.download(name) as body:
+            assert body.direct is not None
+            async with trio.open_nursery() as nursery:
+                got: list[object] = []
+
+                def until_woken() -> None:
+                    try:
+                        rest(body)
+                    except Interrupted as exc:
+                        got.append(exc)
+
+                nursery.start_soon(trio.to_thread.run_sync, until_woken)
+                await trio.sleep(0.3)
+                body.direct.wake()
+            assert len(got) == 1
+        await admin.post("/sim/faults", json={"no_content_length": True, "times": 1})
+        async with client.download(name) as body:
+            assert body.direct is None
+            assert body.head + b"".join([c async for c in body.chunks()]) == expected
+        await client.logout()
+        await client.aclose()

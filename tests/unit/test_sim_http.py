@@ -476,3 +476,33 @@ async def test_keep_days_checked_at_start(nursery, tmp_path, cert_dir):
         assert [cdr["recording"] for cdr in (await c.get("/sim/cdrs")).json()] == names
     assert list((tmp_path / "recordings").glob("*.wav")) == []
     info.stop()
+
+
+async def test_accel_redirect_hands_the_body_to_the_front_server_only(nursery, tmp_path, cert_dir):
+    # Behind nginx (scripts/nginx_front.py) the simulator redeems the random and names
+    # the file; a client that comes directly, and a download with a fault, still get
+    # the bytes from the simulator.
+    info = await start_sim(nursery, data_dir=tmp_path, cert_dir=cert_dir,
+                           accel_redirect="/_recordings/")
+    front = {"X-Sendfile-Type": "X-Accel-Redirect"}
+    async with http_client(info) as c:
+        name = (await make_call(c, duration=1))["recording"]
+        data = (info.data_dir / "recordings" / name).read_bytes()
+        token = await login(c)
+        params = {"recording": name, "random": await get_random(c, token, name), "token": token}
+        reply = await c.get("/api/v2.0.0/recording/download", params=params, headers=front)
+        assert reply.headers["x-accel-redirect"] == f"/_recordings/{name}" and reply.content == b""
+        again = await c.get("/api/v2.0.0/recording/download", params=params, headers=front)
+        assert again.json() == {"status": "Failed", "errno": SIM_BAD_RANDOM}  # still one-shot
+        direct = await download(c, token, name, await get_random(c, token, name))
+        assert "x-accel-redirect" not in direct.headers and direct.content == data
+        await c.post("/sim/faults", json={"truncate_after": 100})
+        params["random"] = await get_random(c, token, name)
+        async with c.stream("GET", "/api/v2.0.0/recording/download", params=params,
+                            headers=front) as cut:
+            assert "x-accel-redirect" not in cut.headers
+            with pytest.raises(httpx.RemoteProtocolError):  # the simulator's own body, cut
+                await cut.aread()
+        stats = (await c.get("/sim/stats")).json()
+        assert stats["downloads"] == {name: 3} and stats["downloads_active"] == 0
+    info.stop()
