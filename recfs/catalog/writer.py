@@ -87,6 +87,13 @@ class CatalogWriter:
         return await self._submit(
             lambda db: insert_calls(db, calls, utc_offset, self.catalog.namespace))
 
+    async def add_listed(self, calls: list[CallRecord], sizes: list[int | None],
+                         utc_offset: int | None = None) -> list[Recording | None]:
+        """Calls with the sizes a P-Series recording list gave (one operation): a
+        known recording without a size gets it."""
+        return await self._submit(
+            lambda db: insert_calls(db, calls, utc_offset, self.catalog.namespace, sizes))
+
     async def set_size(self, ino: int, size: int) -> None:
         await self._submit(lambda db: write_size(db, ino, size))
 

@@ -23,7 +23,7 @@ import httpx
 import trio
 
 from recfs.logs import forget_secret, register_secret
-from recfs.pbx.errors import BAD_CREDENTIALS, LOCKED_OUT, PbxError
+from recfs.pbx.errors import BAD_CREDENTIALS, PbxError
 from recfs.pbx.tls import TlsSessions, pbx_transport
 
 log = logging.getLogger("recfs.pbx")
@@ -112,11 +112,11 @@ class LoginGuard:
     def failed(self, error: PbxError, secret: str) -> None:
         self.last_error = error
         now = self._clock()
-        if error.errno == BAD_CREDENTIALS:
+        if error.bad_credentials:
             self.bad_credentials += 1
             self._refused_secret = secret
             self.not_before = now + self.BAD_CREDENTIALS_PAUSE * self.bad_credentials
-        elif error.errno == LOCKED_OUT:
+        elif error.locked_out:
             self.not_before = now + self.LOCKOUT_PAUSE
         elif error.errno is None:
             self._network_failures += 1
@@ -165,6 +165,30 @@ def sniff(head: bytes) -> tuple[str, int | None]:
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         return "wav", int.from_bytes(head[4:8], "little") + 8
     return "other", None
+
+
+async def open_body(name: str, response: httpx.Response) -> RecordingBody | bytes:
+    """A download's streamed response, sniffed: the audio (its first bytes read), or
+    the bytes of a JSON error body (both series answer failures with HTTP 200 and
+    JSON). PbxError for an HTML page or an empty body."""
+    head = b""
+    raw = response.aiter_bytes()
+    async for chunk in raw:
+        head += chunk
+        if len(head) >= SNIFF_BYTES:
+            break
+    kind, riff_size = sniff(head)
+    if kind == "json":
+        async for chunk in raw:
+            head += chunk
+            if len(head) > 65536:
+                break
+        return head
+    if kind == "html":
+        raise PbxError("download", None, "PBX answered an HTML page, not audio")
+    if not head:
+        raise PbxError("download", None, "PBX answered an empty body")
+    return RecordingBody(name, head, _content_length(response), riff_size, raw)
 
 
 def describe(exc: BaseException) -> str:
@@ -376,28 +400,14 @@ class PbxClient:
             try:
                 async with self._http.stream("GET", self._url("recording/download"),
                                              params=params) as response:
-                    head = b""
-                    raw = response.aiter_bytes()
-                    async for chunk in raw:
-                        head += chunk
-                        if len(head) >= SNIFF_BYTES:
-                            break
-                    kind, riff_size = sniff(head)
-                    if kind == "json":
-                        async for chunk in raw:
-                            head += chunk
-                            if len(head) > 65536:
-                                break
-                        error = parse_failure("download", head)
+                    body = await open_body(name, response)
+                    if isinstance(body, bytes):
+                        error = parse_failure("download", body)
                         if error.token_problem and attempt == 1:
                             self._drop_token(token)
                             continue
                         raise error
-                    if kind == "html":
-                        raise PbxError("download", None, "PBX answered an HTML page, not audio")
-                    if not head:
-                        raise PbxError("download", None, "PBX answered an empty body")
-                    yield RecordingBody(name, head, _content_length(response), riff_size, raw)
+                    yield body
                     return
             except httpx.HTTPError as exc:
                 raise PbxError("download", None, describe(exc)) from None

@@ -1,0 +1,154 @@
+"""A P-Series PBX into the catalog: its recording list (with exact sizes) and its
+event 30012, the P-Series counterpart of reports (receiver.py) and CDR back-fill
+(backfill.py).
+
+The list is walked newest first from page 1 until a page holds nothing above the
+highest id already known (meta `p_last_id`), paging by `total_number` and by what
+came back, never by the size asked for. It is walked at mount, after every
+(re)connect of the event socket, and after each 30012 event: the event carries no
+size, the list does, so a recording enters the catalog with its size and `stat`
+never needs a download. The event's own fields (status, trunks, DID, the call's
+local start) complete the list's. An event whose recording the list does not
+show (yet) is stored as it is: nothing announced is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from recfs.catalog.database import Catalog
+from recfs.catalog.writer import CatalogWriter
+from recfs.ingest.pipeline import Ingest
+from recfs.pbx.errors import PbxError
+from recfs.pbx.precords import (EVENT_NEW_CDR, ListedRecording, call_from_event,
+                                event_payload, listed_recording, merged)
+from recfs.pbx.pseries import PAGE_SIZE, PSeriesClient
+from recfs.pbx.reports import BadReport, CallRecord
+
+log = logging.getLogger("recfs.ingest.list")
+
+LAST_ID_KEY = "p_last_id"
+# A walk that finds more pages than this stops (a PBX whose list never ends).
+MAX_PAGES = 100_000
+
+
+@dataclass
+class ListStats:
+    walks: int = 0
+    requests: int = 0
+    new: int = 0
+    malformed: int = 0
+    events: int = 0
+    bad_events: int = 0
+    last_walk: float | None = None
+
+
+class RecordingList:
+    def __init__(self, client: PSeriesClient, ingest: Ingest, writer: CatalogWriter,
+                 catalog: Catalog, page_size: int = PAGE_SIZE):
+        self.client = client
+        self.ingest = ingest
+        self.writer = writer
+        self.catalog = catalog
+        self.page_size = page_size
+        self.stats = ListStats()
+        self._lock = trio.Lock()
+        self._wanted = 0  # walks asked for; a walk serves every ask made before it began
+        self._done = 0
+        # name → what an event said of it, until the list shows it.
+        self._heard: dict[str, CallRecord] = {}
+
+    def last_id(self) -> int:
+        value = self.catalog.meta(LAST_ID_KEY)
+        return int(value) if value is not None and value.isdigit() else 0
+
+    async def catch_up(self) -> int:
+        """Walk the list for what is new; the number of new recordings. Asks that
+        come while a walk runs share the next one."""
+        self._wanted += 1
+        ask = self._wanted
+        async with self._lock:
+            if self._done >= ask:
+                return 0
+            self._done = self._wanted
+            return await self._walk()
+
+    async def _walk(self) -> int:
+        last = self.last_id()
+        highest, seen, new, page = last, 0, 0, 1
+        while page <= MAX_PAGES:
+            total, items = await self.client.list_recordings(page, self.page_size)
+            self.stats.requests += 1
+            if not items:
+                break
+            seen += len(items)
+            fresh: list[ListedRecording] = []
+            for item in items:
+                try:
+                    listed = listed_recording(item)
+                except BadReport as exc:
+                    self.stats.malformed += 1
+                    log.warning("skipped a recording list item: %s", exc)
+                    continue
+                if listed.id > last:
+                    fresh.append(listed)
+            if fresh:
+                calls = [merged(r.call, self._heard.pop(r.call.name, None)) for r in fresh]
+                added, _known = await self.ingest.add_calls(calls, [r.size for r in fresh])
+                new += added
+                highest = max(highest, *(r.id for r in fresh))
+            # Newest first: a page with nothing new means the rest is known.
+            if not fresh or seen >= total:
+                break
+            page += 1
+        if highest > last:
+            await self.writer.set_meta(LAST_ID_KEY, str(highest))
+        self.stats.walks += 1
+        self.stats.new += new
+        self.stats.last_walk = trio.current_time()
+        if new:
+            log.info("recording list of %s: %d new recording%s", self.client.base_url, new,
+                     "" if new == 1 else "s")
+        await self._store_unlisted()
+        return new
+
+    async def _store_unlisted(self) -> None:
+        """Events whose recording the walk did not find: stored without a size."""
+        heard, self._heard = self._heard, {}
+        calls = [call for name, call in heard.items() if self.catalog.by_name(name) is None]
+        if calls:
+            log.info("%d announced recording(s) not in the list yet; stored without a size",
+                     len(calls))
+            await self.ingest.add_calls(calls)
+
+    async def on_frame(self, frame: str) -> None:
+        """One frame of the event socket."""
+        try:
+            kind, msg = event_payload(frame)
+            call = call_from_event(msg) if kind == EVENT_NEW_CDR else None
+        except BadReport as exc:
+            self.stats.bad_events += 1
+            log.warning("ignored an event of %s: %s", self.client.base_url, exc)
+            return
+        if kind != EVENT_NEW_CDR:
+            log.debug("ignored event %s", kind)
+            return
+        self.stats.events += 1
+        self.ingest.heard()
+        if call is None:
+            return  # a call without a recording
+        self._heard[call.name] = call
+        await self.catch_up_logged()
+
+    async def catch_up_logged(self) -> None:
+        """catch_up for the event socket: a failure is logged, and what events
+        announced meanwhile is stored without its size, never dropped."""
+        try:
+            await self.catch_up()
+        except PbxError as exc:
+            log.warning("recording list of %s not read: %s; again at the next event or "
+                        "reconnect", self.client.base_url, exc)
+            await self._store_unlisted()
