@@ -59,6 +59,20 @@ class SocketFailed(Exception):
     pass
 
 
+# What ends a socket without being a bug: reconnect.
+_EXPECTED = (SocketFailed, PSeriesError, OSError, trio.BrokenResourceError,
+             trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, trio.TooSlowError)
+
+
+def _expected(exc: BaseException) -> BaseException | None:
+    """The failure inside *exc* (trio wraps a nursery's in a group) when every part
+    of it is expected; None when something else (a bug) is in there."""
+    if isinstance(exc, BaseExceptionGroup):
+        parts = [_expected(inner) for inner in exc.exceptions]
+        return None if any(p is None for p in parts) or not parts else parts[0]
+    return exc if isinstance(exc, _EXPECTED) else None
+
+
 def _context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
     if isinstance(verify, ssl.SSLContext):
         return verify
@@ -89,10 +103,10 @@ class EventSocket:
             failure: BaseException | None = None
             try:
                 await self._session()
-            except (SocketFailed, PSeriesError, OSError, trio.BrokenResourceError,
-                    trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
-                    trio.TooSlowError) as exc:
-                failure = exc
+            except Exception as exc:
+                failure = _expected(exc)
+                if failure is None:
+                    raise
             opened = self.stats.state == SocketState.OPEN
             self._down(failure)
             if opened:

@@ -324,9 +324,9 @@ class SimApp:
             size = os.fstat(source.fileno()).st_size
             self.state.stats.downloads[name] += 1
             faults = self.sim.faults.take_download()
-            return await self._stream_recording(source, size, faults, receive, send)
+            return await self.stream_recording(source, size, faults, receive, send)
 
-    async def _stream_recording(
+    async def stream_recording(
         self,
         source: _AudioSource,
         size: int,

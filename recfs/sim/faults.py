@@ -78,6 +78,7 @@ PARSERS = {
     "token_ttl": _to_seconds,
     "random_ttl": _to_seconds,
     "login_error": _to_errno,
+    "get_token_error": _to_errno,  # P-Series: get_token answers this errcode
     "cdr_bom": _to_bool,
 }
 
