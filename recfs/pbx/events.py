@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
-from recfs.pbx.errors import PSeriesError
+from recfs.pbx.errors import PbxError, PSeriesError
 from recfs.pbx.precords import EVENT_NEW_CDR
 from recfs.pbx.pseries import API_PREFIX, USER_AGENT, PSeriesClient, parse_reply
 
@@ -60,7 +60,7 @@ class SocketFailed(Exception):
 
 
 # What ends a socket without being a bug: reconnect.
-_EXPECTED = (SocketFailed, PSeriesError, OSError, trio.BrokenResourceError,
+_EXPECTED = (SocketFailed, PbxError, OSError, trio.BrokenResourceError,
              trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, trio.TooSlowError)
 
 

@@ -28,7 +28,7 @@ import httpx
 import trio
 
 from recfs.logs import forget_secret, register_secret
-from recfs.pbx.client import LoginGuard, RecordingBody, describe, open_body
+from recfs.pbx.client import LoginDeferred, LoginGuard, RecordingBody, describe, open_body
 from recfs.pbx.errors import PSeriesError
 from recfs.pbx.tls import TlsSessions, pbx_transport
 
@@ -43,6 +43,7 @@ REFRESH_MARGIN = 300.0
 # How many recordings one list request asks for. The PBX's maximum is not
 # documented: the walk never relies on getting this many.
 PAGE_SIZE = 500
+CHECK_INTERVAL = 5.0
 
 
 def parse_reply(operation: str, raw: bytes, status: int) -> dict[str, Any]:
@@ -231,11 +232,14 @@ class PSeriesClient:
                 await self.login()
                 with trio.move_on_at(self._refresh_due()):
                     await self._token_changed.wait()
+            except LoginDeferred:
+                # The guard holds get_token back (a pause after a failure, or given
+                # up on this secret): asking it again costs nothing on the network.
+                await trio.sleep(CHECK_INTERVAL)
             except PSeriesError as exc:
-                wait = max(self.guard.wait, 5.0)
-                if not exc.bad_credentials:
-                    log.warning("%s; next try in %.0f s", exc, wait)
-                await trio.sleep(wait)
+                if not exc.bad_credentials:  # that one said so already, as an ERROR
+                    log.warning("%s; next try in %.0f s", exc, max(self.guard.wait, CHECK_INTERVAL))
+                await trio.sleep(CHECK_INTERVAL)
 
     async def call(self, operation: str, method: str, endpoint: str,
                    params: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,0 +1,226 @@
+"""A P-Series PBX (`recfs sim --series p`) mounted for real with `-o api=p-series`:
+sizes from the recording list, events over the WebSocket, tokens, and what the
+PBX's API demands of every request (the simulator notes each violation)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.mount.harness import Mount, Sim, try_mount, wait_for
+
+P_MOUNT = ("api=p-series", "prefetch=none", "event_heartbeat=1")
+
+
+def p_sim(tmp_path, *extra: str, name: str = "psim") -> Sim:
+    return Sim(tmp_path / name, "--series", "p", *extra)
+
+
+def openapi(sim: Sim) -> dict:
+    return sim.http.get("/sim/openapi").json()
+
+
+def violations(sim: Sim) -> list[str]:
+    return sim.http.get("/sim/violations").json()
+
+
+@pytest.fixture
+def psim(tmp_path):
+    simulator = p_sim(tmp_path, "--ws-idle", "3")
+    yield simulator
+    simulator.close()
+
+
+@pytest.fixture
+def pmount(psim, tmp_path):
+    """Mounts of psim, unmounted while it still runs (so that the tokens can be
+    revoked)."""
+    mounts: list[Mount] = []
+
+    def make(*options: str, name: str = "m") -> Mount:
+        mount = Mount(psim, tmp_path / name, *P_MOUNT, *options)
+        mounts.append(mount)
+        return mount
+
+    yield make
+    for mount in mounts:
+        mount.cleanup()
+
+
+def socket_open(sim: Sim, opened: int = 1) -> None:
+    wait_for(lambda: openapi(sim)["sockets_open"] == 1
+             and openapi(sim)["sockets_opened"] >= opened, 15, what="the event socket")
+
+
+def listed(mount: Mount, cdr: dict) -> bool:
+    path = mount.file_of(cdr)
+    try:
+        return path.name in os.listdir(path.parent)
+    except FileNotFoundError:
+        return False
+
+
+def test_sizes_at_stat_need_no_download(psim, pmount, tmp_path):
+    before = [psim.call(duration=2 + i) for i in range(5)]  # in the PBX before the mount
+    mount = pmount()
+    after = psim.call(duration=3)
+    mount.wait_file(after)
+    truth = psim.recordings()
+    for cdr in [*before, after]:
+        st = os.stat(mount.wait_file(cdr))
+        assert st.st_size == truth[cdr["recording"]]["size"]
+        assert st.st_mtime == int(cdr["callid"].split(".")[0])  # the call's UTC start
+    stats = openapi(psim)
+    assert stats["download_requests"] == 0 and stats["resource_gets"] == 0
+    # The bytes: recording/download, then the resource URL; verified and cached.
+    path = mount.file_of(before[0])
+    assert path.read_bytes() == psim.recording_bytes(before[0]["recording"])
+    assert path.read_bytes() == psim.recording_bytes(before[0]["recording"])
+    stats = openapi(psim)
+    assert stats["download_requests"] == 1 and stats["resource_gets"] == 1
+    # xattrs from the list, completed by event 30012's fields.
+    status = subprocess.run(["getfattr", "-n", "user.recfs.status", "--only-values",
+                             str(mount.file_of(after))], capture_output=True, text=True)
+    assert status.stdout == after["status"]
+    assert violations(psim) == []
+
+
+def test_event_puts_the_recording_in_the_tree_within_two_seconds(psim, pmount, tmp_path):
+    mount = pmount()
+    socket_open(psim)
+    for _ in range(3):
+        cdr = psim.call(duration=2)
+        began = time.monotonic()
+        wait_for(lambda: listed(mount, cdr), 2.0, interval=0.02, what="the new recording")
+        assert time.monotonic() - began < 2.0
+    assert openapi(psim)["events_sent"] == 3
+    status = json.loads(os.getxattr(mount.path, "user.recfs.mount"))
+    assert status["pbx"]["series"] == "p-series"
+    assert status["pbx"]["events"]["socket"] == "open"
+    assert status["pbx"]["events"]["received"] == 3
+
+
+def test_calls_while_the_socket_is_dropped_and_refused_all_appear(psim, pmount, tmp_path):
+    mount = pmount()
+    socket_open(psim)
+    psim.faults(ws_refuse=4, ws_drop=True)
+    missed = [psim.call(duration=1) for _ in range(4)]
+    assert openapi(psim)["events_sent"] == 0  # nobody was listening
+    # Reopened once the PBX lets it (back-off), then the list brings what was missed.
+    for cdr in missed:
+        wait_for(lambda: listed(mount, cdr), 30, what="a recording made while the socket was down")
+    socket_open(psim, opened=2)
+    later = psim.call(duration=1)
+    wait_for(lambda: listed(mount, later), 2.0, what="an event after the reconnect")
+    assert openapi(psim)["sockets_refused"] >= 1
+    assert "event socket of" in mount.log()
+
+
+def test_tokens_expired_behind_its_back_reads_still_work(psim, pmount, tmp_path):
+    cdrs = [psim.call(duration=2) for _ in range(2)]
+    mount = pmount()
+    first = mount.wait_file(cdrs[0])
+    assert first.read_bytes() == psim.recording_bytes(cdrs[0]["recording"])
+    psim.http.post("/sim/expire-tokens").raise_for_status()
+    second = mount.wait_file(cdrs[1])
+    assert second.read_bytes() == psim.recording_bytes(cdrs[1]["recording"])
+    # The socket stays open; the list behind the next event needs a new token.
+    later = psim.call(duration=1)
+    wait_for(lambda: listed(mount, later), 5, what="a recording after the tokens died")
+    stats = openapi(psim)
+    assert stats["get_token"] == 2
+    assert stats["max_valid_tokens"] <= 2
+    assert violations(psim) == []
+
+
+def test_quiet_longer_than_the_idle_limit_keeps_the_socket(psim, pmount, tmp_path):
+    mount = pmount()
+    socket_open(psim)
+    time.sleep(7)  # the simulator cuts sockets silent for 3 s
+    stats = openapi(psim)
+    assert stats["sockets_idle_closed"] == 0 and stats["sockets_opened"] == 1
+    assert stats["heartbeats"] >= 5
+    cdr = psim.call(duration=1)
+    wait_for(lambda: listed(mount, cdr), 2.0, what="an event after a quiet spell")
+
+
+def test_the_idle_limit_is_real(psim):
+    """The check above can fail: a client that sends nothing is cut."""
+    from tests.mount.idle_client import silent_socket_closed_after
+    closed_after = silent_socket_closed_after(psim)
+    assert 2.5 < closed_after < 6, closed_after
+
+
+def test_tokens_refreshed_before_expiry_never_more_than_two(tmp_path):
+    sim = p_sim(tmp_path, "--token-ttl", "4")
+    mount = None
+    try:
+        cdr = sim.call(duration=2)
+        mount = Mount(sim, tmp_path / "m", *P_MOUNT)
+        time.sleep(9)
+        stats = openapi(sim)
+        assert stats["refresh_token"] >= 3 and stats["get_token"] == 1
+        assert stats["max_valid_tokens"] <= 2
+        path = mount.wait_file(cdr)
+        assert path.read_bytes() == sim.recording_bytes(cdr["recording"])
+        assert mount.unmount() == 0
+        assert openapi(sim)["valid_tokens"] == 0
+        status_after = openapi(sim)
+        assert status_after["del_token"] >= 1
+        assert violations(sim) == []
+    finally:
+        if mount is not None:
+            mount.cleanup()
+        sim.close()
+
+
+def test_unmount_leaves_no_token_and_no_violation(psim, pmount, tmp_path):
+    mount = pmount()
+    socket_open(psim)
+    cdr = psim.call(duration=1)
+    mount.wait_file(cdr).read_bytes()
+    assert openapi(psim)["valid_tokens"] == 1
+    assert mount.unmount() == 0
+    assert openapi(psim)["valid_tokens"] == 0
+    assert violations(psim) == []
+
+
+def test_a_file_the_pbx_lost_fails_fast(psim, pmount, tmp_path):
+    mount = pmount()
+    cdr = psim.call(duration=2)
+    path = mount.wait_file(cdr)
+    size = os.stat(path).st_size
+    assert size > 0
+    psim.http.post("/sim/delete-recordings", json={"names": [cdr["recording"]]}).raise_for_status()
+    for _ in range(2):
+        with pytest.raises(OSError) as info:
+            path.read_bytes()
+        assert info.value.errno == errno.ENODATA
+    assert openapi(psim)["download_requests"] == 1  # no pointless retries
+    assert "the PBX no longer has it (errno 60001)" in mount.log()
+
+
+def test_a_wrong_secret_is_refused_without_reaching_the_ip_block(psim, pmount, tmp_path):
+    for attempt in range(4):
+        done = try_mount(psim, tmp_path / "bad", "api=p-series", password="wrong-secret",
+                         foreground=True)
+        assert done.returncode == 78, done
+    assert "refused user=api" in done.stderr or "refused user=api" in done.stdout + done.stderr
+    stats = openapi(psim)
+    assert stats["failed_get_token"] == 3  # then recfs stops asking: the PBX blocks at 5
+    # The right secret still works from this address: it was never blocked.
+    mount = pmount(name="good")
+    cdr = psim.call(duration=1)
+    mount.wait_file(cdr)
+
+
+def test_get_token_rate_limited_at_mount_comes_up_anyway(psim, pmount, tmp_path):
+    psim.faults(get_token_error={"value": "60002", "times": 1})
+    cdr = psim.call(duration=1)
+    mount = pmount()
+    wait_for(lambda: listed(mount, cdr), 60, what="the catalog once the PBX lets recfs in")
