@@ -86,6 +86,7 @@ class RecordingList:
                 break
             seen += len(items)
             fresh: list[ListedRecording] = []
+            reached_known = False
             for item in items:
                 try:
                     listed = listed_recording(item)
@@ -95,13 +96,15 @@ class RecordingList:
                     continue
                 if listed.id > last:
                     fresh.append(listed)
+                else:
+                    reached_known = True
             if fresh:
                 calls = [merged(r.call, self._heard.pop(r.call.name, None)) for r in fresh]
                 added, _known = await self.ingest.add_calls(calls, [r.size for r in fresh])
                 new += added
                 highest = max(highest, *(r.id for r in fresh))
-            # Newest first: a page with nothing new means the rest is known.
-            if not fresh or seen >= total:
+            # Newest first: from the first known id on, the rest is known.
+            if reached_known or seen >= total:
                 break
             page += 1
         if highest > last:
