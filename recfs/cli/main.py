@@ -127,7 +127,7 @@ commands:
   archive SOURCE [--verify] -o archive=URL,...
                                               put every recording into the archive (or check it)
   status MOUNTPOINT [--json]                  what a running mount is doing
-  demo [MOUNTPOINT]                           built-in PBX simulator + mount, to try recfs
+  demo [MOUNTPOINT] [--series p]              built-in PBX simulator + mount, to try recfs
   sim [...]                                   the PBX simulator alone
 
 'recfs COMMAND --help' tells more."""

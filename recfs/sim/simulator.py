@@ -74,6 +74,11 @@ class Simulator:
         # Who hears of each call as it ends (the P-Series event sockets).
         self._call_watchers: list[trio.MemorySendChannel[dict[str, str]]] = []
 
+    @property
+    def watching(self) -> bool:
+        """Whether anyone hears of calls as they end."""
+        return bool(self._call_watchers)
+
     def watch_calls(self) -> trio.MemoryReceiveChannel[dict[str, str]]:
         """The CDR of every call made from now on, until the receiver is closed."""
         send, receive = trio.open_memory_channel[dict[str, str]](1000)
