@@ -49,11 +49,24 @@ def render(status: dict[str, Any]) -> str:
                                       status["downloads"])
     session = "logged in" if pbx["logged_in"] else f"not logged in ({pbx['problem'] or 'connecting'})"
     limit = f" of {_size(cache['max_bytes'])}" if cache.get("max_bytes") else ""
+    series = pbx.get("series", "s-series")
     lines = [
-        f"recfs mount of {status['source']} on {status['mountpoint']}",
+        f"recfs mount of {status['source']} ({series}) on {status['mountpoint']}",
         f"  PBX session:   {session}; last contact {_ago(pbx['last_contact'])}",
-        f"  last report:   {_ago(reports['last'])} ({reports['received']} received, "
-        f"{reports['rejected']} refused)",
+    ]
+    events = pbx.get("events")
+    if events is not None:  # a P-Series PBX: its event socket, not pushed reports
+        problem = f"; last problem: {events['last_error']}" if events.get("last_error") else ""
+        lines += [
+            f"  event socket:  {events['socket']} (opened {events['opened']} time(s), "
+            f"{events['drops']} drop(s)); last event {_ago(events['last_event'])}, "
+            f"{events['received']} received{problem}",
+            f"  tokens:        {pbx['logins']} obtained, {pbx.get('token_refreshes', 0)} refreshed",
+        ]
+    else:
+        lines.append(f"  last report:   {_ago(reports['last'])} ({reports['received']} received, "
+                     f"{reports['rejected']} refused)")
+    lines += [
         f"  recordings:    {status['recordings']}",
         f"  cache:         {cache['files']} files, {_size(cache['bytes'])}{limit}, "
         f"keeping {_size(cache['min_free'])} free",

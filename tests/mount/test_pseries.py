@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.mount.harness import Mount, Sim, try_mount, wait_for
+from tests.mount.harness import RECFS, Mount, Sim, try_mount, wait_for
 
 P_MOUNT = ("api=p-series", "prefetch=none", "event_heartbeat=1")
 
@@ -224,3 +224,52 @@ def test_get_token_rate_limited_at_mount_comes_up_anyway(psim, pmount, tmp_path)
     cdr = psim.call(duration=1)
     mount = pmount()
     wait_for(lambda: listed(mount, cdr), 60, what="the catalog once the PBX lets recfs in")
+
+
+def test_one_mount_holds_an_s_series_and_a_p_series_pbx(tmp_path):
+    """A migration: the old S-Series PBX and the new P-Series one side by side,
+    `api = "p-series"` in the new one's [pbx.NAME] table; `recfs status` says which
+    is which."""
+    sims = {"old": Sim(tmp_path / "sim-old"), "new": p_sim(tmp_path, name="sim-new")}
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    tables = ""
+    for name, sim in sims.items():
+        password = tmp_path / f"{name}.password"
+        password.write_text(sim.password + "\n")
+        password.chmod(0o600)
+        tables += (f'[pbx.{name}]\nsource = "{sim.url}"\nuser = "{sim.user}"\n'
+                   f'password_file = "{password}"\ncafile = "{sim.cafile}"\n')
+        if name == "new":
+            tables += 'api = "p-series"\n'
+    config = tmp_path / "all.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\ncache_dir = "{tmp_path / "cache"}"\n'
+                      f'listen = "127.0.0.1:0"\nprefetch = "none"\n{tables}')
+    log = tmp_path / "recfs.log"
+    proc = subprocess.Popen([*RECFS, "mount", "recfs", str(mnt), "-f", "-o", f"config={config}"],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, what="mount")
+        socket_open(sims["new"])
+        for name, sim in sims.items():
+            cdr = sim.call(duration=2)
+            day = mnt.joinpath(name, *cdr["timestart"][:10].split("-"))
+            wait_for(lambda: day.exists() and cdr["recording"] in os.listdir(day), 10,
+                     what=f"{name}'s recording")
+            assert (day / cdr["recording"]).read_bytes() == sim.recording_bytes(cdr["recording"])
+        status = json.loads(subprocess.run([*RECFS, "status", str(mnt), "--json"],
+                                           capture_output=True, text=True, check=True).stdout)
+        series = {name: part["pbx"]["series"] for name, part in status["pbxs"].items()}
+        assert series == {"old": "s-series", "new": "p-series"}
+        text = subprocess.run([*RECFS, "status", str(mnt)], capture_output=True, text=True,
+                              check=True).stdout
+        assert "p-series" in text and "event socket" in text
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], timeout=30)
+        code = proc.wait(30)
+        assert openapi(sims["new"])["valid_tokens"] == 0
+        for sim in sims.values():
+            sim.close()
+    assert code == 0
+    text = log.read_text()
+    assert "Traceback" not in text and " ERROR " not in text
