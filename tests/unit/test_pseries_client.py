@@ -262,3 +262,34 @@ def test_list_items_and_events_are_checked_like_reports():
     assert kind == 30012 and call_from_event(msg) is None  # msg as an object; no recording
     with pytest.raises(BadReport):
         call_from_event({"recording": "a/b.wav"})
+
+
+@respx.mock
+async def test_mp3_recordings_are_downloaded_one_at_a_time():
+    respx.post(f"{API}/get_token").mock(return_value=tokens(1))
+    step1 = respx.get(f"{API}/recording/download").mock(
+        side_effect=lambda request: ok(download_resource_url="/api/download/"
+                                       + query(request)["file"][0]))
+    respx.get(url__startswith=f"{BASE}/api/download/").mock(
+        return_value=httpx.Response(200, content=b"ID3" + bytes(100)))
+    client = make()
+    asked: list[str] = []
+
+    async def fetch(name: str, hold: trio.Event) -> None:
+        async with client.download(name):
+            asked.append(name)
+            await hold.wait()
+
+    first_done, second_done = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetch, "a.mp3", first_done)
+        await trio.sleep(0.05)
+        nursery.start_soon(fetch, "b.mp3", second_done)
+        nursery.start_soon(fetch, "c.wav", trio.Event())  # WAV: not held back
+        await trio.sleep(0.05)
+        assert sorted(asked) == ["a.mp3", "c.wav"] and step1.call_count == 2
+        first_done.set()
+        await trio.sleep(0.05)
+        assert "b.mp3" in asked
+        second_done.set()
+        nursery.cancel_scope.cancel()
