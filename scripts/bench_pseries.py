@@ -79,10 +79,12 @@ def fill(data_dir: Path, count: int) -> None:
     from recfs.sim import wav
     recordings = data_dir / "recordings"
     recordings.mkdir(parents=True, exist_ok=True)
-    source = data_dir / "one.wav"
-    wav.write_wav(str(source), "bench", 1)
     start = int(time.time()) - count * 60
+    source = data_dir / "one.wav"
     for i in range(count):
+        if i % 50_000 == 0:  # ext4 allows 65,000 links to a file
+            source = data_dir / f"source-{i}.wav"
+            wav.write_wav(str(source), "bench", 1)
         epoch = start + i * 60
         stamp = time.strftime("%Y%m%d%H%M%S", time.localtime(epoch + 5))
         os.link(source, recordings / f"{stamp}-{epoch}.{i + 1}-10{i % 90 + 10}-2001-Inbound.wav")
