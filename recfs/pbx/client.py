@@ -51,6 +51,12 @@ class LoginDeferred(PbxError):
     """No login was sent: the guard says not now (waiting, or given up on these
     credentials). Nothing went over the network."""
 
+    def __init__(self, operation: str, errno: str | None, detail: str | None = None,
+                 texts: dict[str, str] | None = None):
+        if texts is not None:  # the errno is of the series whose error it repeats
+            self.TEXTS = texts
+        super().__init__(operation, errno, detail)
+
 
 @dataclass(frozen=True)
 class ReportTarget:
@@ -100,7 +106,8 @@ class LoginGuard:
         wait = self.not_before - self._clock()
         if wait > 0:
             errno = self.last_error.errno if self.last_error else None
-            raise LoginDeferred("login", errno, f"next attempt allowed in {wait:.0f} s")
+            raise LoginDeferred("login", errno, f"next attempt allowed in {wait:.0f} s",
+                                self.last_error.TEXTS if self.last_error else None)
 
     def succeeded(self) -> None:
         self.bad_credentials = 0

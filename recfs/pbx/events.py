@@ -193,9 +193,15 @@ class EventSocket:
             await ws.send_message("heartbeat")
 
     async def _receive(self, ws: trio_websocket.WebSocketConnection) -> None:
+        # Every heartbeat is answered: a socket silent for longer is dead (a PBX
+        # gone without closing it, a NAT that forgot it).
+        silence = self.heartbeat * 2 + 10
         while True:
             try:
-                frame = await ws.get_message()
+                with trio.fail_after(silence):
+                    frame = await ws.get_message()
+            except trio.TooSlowError:
+                raise SocketFailed(f"nothing from the PBX for {silence:.0f} s") from None
             except trio_websocket.ConnectionClosed as exc:
                 reason = exc.reason
                 said = f"{reason.code} {reason.name}" if reason is not None else "no reason given"
