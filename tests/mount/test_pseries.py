@@ -273,3 +273,27 @@ def test_one_mount_holds_an_s_series_and_a_p_series_pbx(tmp_path):
     assert code == 0
     text = log.read_text()
     assert "Traceback" not in text and " ERROR " not in text
+
+
+def test_backfill_reads_the_recording_list(psim, tmp_path):
+    cdrs = [psim.call(duration=1) for _ in range(3)]
+    password = tmp_path / "secret"
+    password.write_text(psim.password + "\n")
+    password.chmod(0o600)
+    opts = (f"api=p-series,user={psim.user},password_file={password},cafile={psim.cafile},"
+            f"state_dir={tmp_path / 'state'},log_file={tmp_path / 'backfill.log'}")
+    argv = [*RECFS, "backfill", psim.url, "--since", "2020-01-01", "-q", "-o", opts]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "3 new, 0 already known" in done.stdout
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "0 new" in again.stdout and openapi(psim)["list_requests"] == 2
+    assert openapi(psim)["valid_tokens"] == 0  # revoked at the end of each run
+    # What the mount then serves, with the sizes from the list.
+    mount = Mount(psim, tmp_path / "m", *P_MOUNT, f"state_dir={tmp_path / 'state'}")
+    try:
+        path = mount.wait_file(cdrs[0])
+        assert os.stat(path).st_size == psim.recordings()[cdrs[0]["recording"]]["size"]
+        assert openapi(psim)["resource_gets"] == 0
+    finally:
+        mount.cleanup()
