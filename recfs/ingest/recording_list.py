@@ -78,35 +78,23 @@ class RecordingList:
 
     async def _walk(self) -> int:
         last = self.last_id()
-        highest, seen, new, page = last, 0, 0, 1
-        while page <= MAX_PAGES:
-            total, items = await self.client.list_recordings(page, self.page_size)
-            self.stats.requests += 1
-            if not items:
-                break
-            seen += len(items)
-            fresh: list[ListedRecording] = []
-            reached_known = False
-            for item in items:
-                try:
-                    listed = listed_recording(item)
-                except BadReport as exc:
-                    self.stats.malformed += 1
-                    log.warning("skipped a recording list item: %s", exc)
-                    continue
-                if listed.id > last:
-                    fresh.append(listed)
-                else:
-                    reached_known = True
-            if fresh:
-                calls = [merged(r.call, self._heard.pop(r.call.name, None)) for r in fresh]
-                added, _known = await self.ingest.add_calls(calls, [r.size for r in fresh])
-                new += added
-                highest = max(highest, *(r.id for r in fresh))
-            # Newest first: from the first known id on, the rest is known.
-            if reached_known or seen >= total:
-                break
-            page += 1
+        highest, new = last, 0
+        # The next page is asked for while this one is committed: the PBX and the
+        # catalog work at the same time (a first walk of 100,000 recordings).
+        send, receive = trio.open_memory_channel[list[ListedRecording]](1)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pages, last, send)
+                async with receive:
+                    async for fresh in receive:
+                        calls = [merged(r.call, self._heard.pop(r.call.name, None))
+                                 for r in fresh]
+                        added, _known = await self.ingest.add_calls(calls,
+                                                                    [r.size for r in fresh])
+                        new += added
+                        highest = max(highest, *(r.id for r in fresh))
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
         if highest > last:
             await self.writer.set_meta(LAST_ID_KEY, str(highest))
         self.stats.walks += 1
@@ -117,6 +105,37 @@ class RecordingList:
                      "" if new == 1 else "s")
         await self._store_unlisted()
         return new
+
+    async def _pages(self, last: int,
+                     send: trio.MemorySendChannel[list[ListedRecording]]) -> None:
+        """The list's pages, newest first, as the recordings above *last* in each."""
+        async with send:
+            seen, page = 0, 1
+            while page <= MAX_PAGES:
+                total, items = await self.client.list_recordings(page, self.page_size)
+                self.stats.requests += 1
+                if not items:
+                    return
+                seen += len(items)
+                fresh: list[ListedRecording] = []
+                reached_known = False
+                for item in items:
+                    try:
+                        listed = listed_recording(item)
+                    except BadReport as exc:
+                        self.stats.malformed += 1
+                        log.warning("skipped a recording list item: %s", exc)
+                        continue
+                    if listed.id > last:
+                        fresh.append(listed)
+                    else:
+                        reached_known = True
+                if fresh:
+                    await send.send(fresh)
+                # Newest first: from the first known id on, the rest is known.
+                if reached_known or seen >= total:
+                    return
+                page += 1
 
     async def _store_unlisted(self) -> None:
         """Events whose recording the walk did not find: stored without a size."""
@@ -155,3 +174,17 @@ class RecordingList:
             log.warning("recording list of %s not read: %s; again at the next event or "
                         "reconnect", self.client.base_url, exc)
             await self._store_unlisted()
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one failure of a walk (the page reader's or the catalog's), unwrapped
+    from trio's group so that callers catch it by its type."""
+    leaves: list[BaseException] = []
+    todo: list[BaseException] = [group]
+    while todo:
+        current = todo.pop()
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    return leaves[0] if len(leaves) == 1 else group
