@@ -15,6 +15,7 @@ show (yet) is stored as it is: nothing announced is lost.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import trio
@@ -99,7 +100,7 @@ class RecordingList:
             await self.writer.set_meta(LAST_ID_KEY, str(highest))
         self.stats.walks += 1
         self.stats.new += new
-        self.stats.last_walk = trio.current_time()
+        self.stats.last_walk = time.time()
         if new:
             log.info("recording list of %s: %d new recording%s", self.client.base_url, new,
                      "" if new == 1 else "s")

@@ -230,7 +230,8 @@ class PSeriesClient:
         while True:
             try:
                 await self.login()
-                with trio.move_on_at(self._refresh_due()):
+                # The client's clock, not trio's: a delay, never a deadline.
+                with trio.move_on_after(max(self._refresh_due() - self._clock(), 1.0)):
                     await self._token_changed.wait()
             except LoginDeferred:
                 # The guard holds get_token back (a pause after a failure, or given

@@ -293,3 +293,19 @@ async def test_mp3_recordings_are_downloaded_one_at_a_time():
         assert "b.mp3" in asked
         second_done.set()
         nursery.cancel_scope.cancel()
+
+
+@respx.mock
+async def test_the_token_keeper_refreshes_on_time_and_never_spins(autojump_clock):
+    respx.post(f"{API}/get_token").mock(return_value=tokens(1, life=100))
+    refresh = respx.post(f"{API}/refresh_token").mock(
+        side_effect=[tokens(n, life=100) for n in range(2, 40)])
+    respx.get(f"{API}/del_token").mock(return_value=ok())
+    # A clock of its own (time.monotonic in the mount), not trio's.
+    client = PSeriesClient(BASE, "client-id", lambda: "s3cret",
+                           clock=lambda: trio.current_time() + 12345.0)
+    with trio.move_on_after(301):
+        await client.keep_tokens()
+    # Due at half its life: at 50, 100, ..., 300 s.
+    assert refresh.call_count == 6 and client.logins == 1
+    assert len(respx.calls) == 1 + 6 + 6  # get_token, refreshes, and the old tokens revoked
