@@ -79,8 +79,11 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
     await prepare_mountpoint(opts.mountpoint, opts.nonempty)  # a dead mount there: detached
     options = fuse_options(opts)
     owner = Owner(opts.uid, opts.gid, opts.umask)
-    sock = _bind("for PBX reports", *opts.listen)
-    port = sock.getsockname()[1]
+    # Only S-Series PBXs push reports; a mount of P-Series PBXs alone (events over
+    # the WebSocket recfs opens) listens on no port at all.
+    pushes = any(part.api != "p-series" for part in (opts.pbxs or {"": opts}).values())
+    sock = _bind("for PBX reports", *opts.listen) if pushes else None
+    port = sock.getsockname()[1] if sock is not None else 0
     metrics_sock = _bind("for metrics", *opts.metrics) if opts.metrics else None
     services: list[PbxService] = []
     stop_servers = trio.Event()
@@ -103,11 +106,13 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
         async with trio.open_nursery() as nursery:
             for svc in services:
                 await svc.start(nursery)
-            router = ReportRouter({svc.secret: svc.report_app() for svc in services})
+            router = ReportRouter({svc.secret: svc.report_app() for svc in services
+                                   if svc.opts.api != "p-series"})
             # Supervised like every background task; the socket listens already, so
             # the PBX's first reports wait in its backlog, never refused.
-            mount_tasks.start(nursery, "report receiver", _serving(
-                "for PBX reports", sock, lambda s: serve_reports(router, s, stop_servers)))
+            if sock is not None:
+                mount_tasks.start(nursery, "report receiver", _serving(
+                    "for PBX reports", sock, lambda s: serve_reports(router, s, stop_servers)))
             await contact_all(services)  # wrong configuration: MountError; PBX down: mount
             for svc in services:
                 await svc.check_archive()  # likewise

@@ -90,9 +90,29 @@ def test_sizes_at_stat_need_no_download(psim, pmount, tmp_path):
     assert violations(psim) == []
 
 
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports process *pid* listens on (from /proc: its sockets in state LISTEN)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in open(table).read().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def test_event_puts_the_recording_in_the_tree_within_two_seconds(psim, pmount, tmp_path):
     mount = pmount()
     socket_open(psim)
+    assert mount.proc is not None and listening_ports(mount.proc.pid) == set()  # no way in
     for _ in range(3):
         cdr = psim.call(duration=2)
         began = time.monotonic()
