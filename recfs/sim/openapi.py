@@ -53,6 +53,21 @@ MAX_BODY = 1 << 16
 _NAME = datetime.datetime  # the name's stamp is "%Y%m%d%H%M%S"
 
 
+# What a confused PBX (or a man in the middle) might send: not JSON, not an object,
+# msg broken, a hostile recording name, a huge frame, an unknown event.
+GARBAGE_EVENTS = (
+    "not json at all",
+    "[30012]",
+    json.dumps({"type": 30012, "msg": "{broken"}),
+    json.dumps({"type": 30012, "msg": 42}),
+    json.dumps({"type": 30012, "msg": json.dumps({"recording": "../../etc/passwd",
+                                                   "call_id": "1.1"})}),
+    json.dumps({"type": 30012, "msg": json.dumps({"recording": "x" * 300 + ".wav"})}),
+    json.dumps({"type": 30012, "msg": "x" * 70000}),
+    json.dumps({"type": 30099, "msg": {"anything": True}}),
+)
+
+
 def _reply(payload: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"errcode": 0, "errmsg": "SUCCESS", **(payload or {})}
 
@@ -486,6 +501,9 @@ class OpenApiApp:
                 continue  # not subscribed (yet): the event is gone, as on the PBX
             frame = {"type": 30012, "sn": cdr.get("sn") or SERIAL,
                      "msg": json.dumps(event_msg(cdr))}
+            if self.sim.faults.take("bad_events"):
+                for garbage in GARBAGE_EVENTS:
+                    await say(garbage)
             await say(json.dumps(frame))
             self.stats.events_sent += 1
 

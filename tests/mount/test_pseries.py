@@ -10,9 +10,10 @@ import os
 import subprocess
 import time
 
+import httpx
 import pytest
 
-from tests.mount.harness import RECFS, Mount, Sim, try_mount, wait_for
+from tests.mount.harness import RECFS, Mount, Sim, free_port, metric, try_mount, wait_for
 
 P_MOUNT = ("api=p-series", "prefetch=none", "event_heartbeat=1")
 
@@ -317,3 +318,24 @@ def test_backfill_reads_the_recording_list(psim, tmp_path):
         assert openapi(psim)["resource_gets"] == 0
     finally:
         mount.cleanup()
+
+
+def test_garbage_events_are_skipped_and_nothing_is_lost(psim, pmount, tmp_path):
+    """Malformed frames, hostile names, a frame too large: each a WARNING, none an
+    ERROR; the socket stays open and the real events still count. Metrics say so."""
+    port = free_port()
+    mount = pmount(f"metrics=127.0.0.1:{port}")
+    socket_open(psim)
+    psim.faults(bad_events=True)
+    cdrs = [psim.call(duration=1) for _ in range(2)]
+    for cdr in cdrs:
+        wait_for(lambda: listed(mount, cdr), 5, what="a real event's recording")
+    assert openapi(psim)["sockets_opened"] == 1
+    log = mount.log()
+    assert "ignored an event" in log and "not JSON" in log
+    assert "passwd" not in "".join(os.listdir(mount.path))
+    scrape = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert metric(scrape, "recfs_pbx_info", '{series="p-series"}') == 1
+    assert metric(scrape, "recfs_events_socket_open") == 1
+    assert metric(scrape, "recfs_events_received_total") >= 2
+    assert metric(scrape, "recfs_events_socket_drops_total") == 0
