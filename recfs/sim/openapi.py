@@ -16,7 +16,8 @@ Choices where the contract says [unknown]:
   come with Content-Length;
 - an event socket whose token is not valid is accepted, answered errcode 10004
   and closed (code 1008); a refused one (fault ws_refuse) is rejected at the
-  handshake (HTTP 403); a dropped one (fault ws_drop) is closed with 1011.
+  handshake (HTTP 403); a dropped one (fault ws_drop) is closed with 1011; a
+  muted one (fault ws_mute) stays open and says nothing.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class OpenApiApp:
         self.stats = OpenApiStats()
         self.violations: list[str] = []
         self.refuse_until = 0.0
+        self.muted = False  # fault ws_mute: open sockets say nothing any more
         self._sockets: set[_Socket] = set()
         self._ids: dict[str, int] = {}
         self._order: list[str] = []  # names by id
@@ -477,7 +479,8 @@ class OpenApiApp:
                 text = message.get("text") or (message.get("bytes") or b"").decode("utf-8", "replace")
                 if text.strip() == "heartbeat":
                     self.stats.heartbeats += 1
-                    await say("heartbeat response")
+                    if not self.muted:
+                        await say("heartbeat response")
                     continue
                 try:
                     topics = json.loads(text).get("topic_list")
@@ -497,8 +500,8 @@ class OpenApiApp:
     async def _forward(self, calls: trio.MemoryReceiveChannel[dict[str, str]],
                        subscribed: trio.Event, say: Any) -> None:
         async for cdr in calls:
-            if not subscribed.is_set():
-                continue  # not subscribed (yet): the event is gone, as on the PBX
+            if not subscribed.is_set() or self.muted:
+                continue  # not subscribed (yet), or muted: the event is gone
             frame = {"type": 30012, "sn": cdr.get("sn") or SERIAL,
                      "msg": json.dumps(event_msg(cdr))}
             if self.sim.faults.take("bad_events"):
@@ -511,9 +514,13 @@ class OpenApiApp:
 
     async def admin_faults(self, body: dict[str, Any]) -> Any:
         """The simulator's faults, plus this series' socket switches: `ws_drop`
-        (close every open event socket now) and `ws_refuse: SECONDS` (refuse new
-        ones for that long)."""
+        (close every open event socket now), `ws_refuse: SECONDS` (refuse new
+        ones for that long) and `ws_mute: true|false` (open sockets stay open but
+        answer nothing, events included: a PBX gone without closing them)."""
         rest = dict(body)
+        mute = rest.pop("ws_mute", None)
+        if mute is not None:
+            self.muted = bool(mute)
         drop = rest.pop("ws_drop", None)
         refuse = rest.pop("ws_refuse", None)
         if refuse is not None:

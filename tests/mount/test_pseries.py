@@ -339,3 +339,23 @@ def test_garbage_events_are_skipped_and_nothing_is_lost(psim, pmount, tmp_path):
     assert metric(scrape, "recfs_events_socket_open") == 1
     assert metric(scrape, "recfs_events_received_total") >= 2
     assert metric(scrape, "recfs_events_socket_drops_total") == 0
+
+
+def test_a_socket_gone_silent_is_reopened(psim, pmount, tmp_path):
+    """A PBX that stops answering without closing the socket (heartbeats unanswered,
+    events lost): after two heartbeats and 10 s recfs counts it dead, reopens it, and
+    the list brings what was said meanwhile."""
+    mount = pmount()
+    socket_open(psim)
+    psim.faults(ws_mute=True)
+    lost = psim.call(duration=1)
+    time.sleep(2)
+    assert not listed(mount, lost)
+    # Reopened (the new socket is muted too, but its subscription is answered and
+    # the list read).
+    wait_for(lambda: listed(mount, lost), 20, what="the recording of the muted socket's time")
+    assert openapi(psim)["sockets_opened"] == 2
+    assert "nothing from the PBX for 12 s" in mount.log()
+    psim.faults(ws_mute=False)
+    later = psim.call(duration=1)
+    wait_for(lambda: listed(mount, later), 2.0, what="an event once the PBX speaks again")
