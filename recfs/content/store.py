@@ -518,6 +518,7 @@ class RecordingSource(Protocol):
 # Seconds an archive copy that failed is not used again (reads go to the PBX).
 ARCHIVE_BAD_MEMORY = 60.0
 
+
 def _retryable(error: Exception) -> bool:
     # A full cache stays full; a missing file stays missing; wrong bytes in the
     # archive stay wrong (the next transfer asks the PBX).

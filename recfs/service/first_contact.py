@@ -48,7 +48,7 @@ import trio
 
 from recfs.pbx.client import LoginGuard, PbxClient
 from recfs.pbx.pseries import PSeriesClient
-from recfs.pbx.errors import BAD_CREDENTIALS, ERRNO_TEXT, PbxError, PSeriesError
+from recfs.pbx.errors import BAD_CREDENTIALS, ERRNO_TEXT, P_FAILURE, PbxError, PSeriesError
 from recfs.pbx.tls import PinMismatch
 from recfs.service.config import MountOptions
 from recfs.service.mountpoint import ConfigurationError, MountError
@@ -137,7 +137,8 @@ async def first_contact(client: PbxClient | PSeriesClient, opts: MountOptions, n
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
         raise ConfigurationError(
             f"{prefix}{opts.source}: the PBX refused user={opts.user} with this password "
-            f"{count} times (errno {BAD_CREDENTIALS}, last at {last}); recfs does not try it "
+            f"{count} times (errno {P_FAILURE if opts.api == 'p-series' else BAD_CREDENTIALS}, "
+            f"last at {last}); recfs does not try it "
             f"again, so as never to trip the PBX's lock-out: correct {_password_option(opts)} "
             f"or user= (if the PBX's password was changed to match, delete {memory.path})")
 
