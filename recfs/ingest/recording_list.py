@@ -79,6 +79,9 @@ class RecordingList:
 
     async def _walk(self) -> int:
         last = self.last_id()
+        # Events heard from now on may name recordings this walk's pages came too
+        # early for: they wait for the next walk (their event asked for one).
+        announced = set(self._heard)
         highest, new = last, 0
         # The next page is asked for while this one is committed: the PBX and the
         # catalog work at the same time (a first walk of 100,000 recordings).
@@ -104,7 +107,7 @@ class RecordingList:
         if new:
             log.info("recording list of %s: %d new recording%s", self.client.base_url, new,
                      "" if new == 1 else "s")
-        await self._store_unlisted()
+        await self._store_unlisted(announced)
         return new
 
     async def _pages(self, last: int,
@@ -138,9 +141,11 @@ class RecordingList:
                     return
                 page += 1
 
-    async def _store_unlisted(self) -> None:
-        """Events whose recording the walk did not find: stored without a size."""
-        heard, self._heard = self._heard, {}
+    async def _store_unlisted(self, names: set[str] | None = None) -> None:
+        """Events (of *names*, or all) whose recording the list did not show: stored
+        without a size (learned at the first stat, as on the S-Series)."""
+        chosen = set(self._heard) if names is None else names & set(self._heard)
+        heard = {name: self._heard.pop(name) for name in chosen}
         calls = [call for name, call in heard.items() if self.catalog.by_name(name) is None]
         if calls:
             log.info("%d announced recording(s) not in the list yet; stored without a size",

@@ -309,3 +309,34 @@ async def test_the_token_keeper_refreshes_on_time_and_never_spins(autojump_clock
     # Due at half its life: at 50, 100, ..., 300 s.
     assert refresh.call_count == 6 and client.logins == 1
     assert len(respx.calls) == 1 + 6 + 6  # get_token, refreshes, and the old tokens revoked
+
+
+@respx.mock
+async def test_an_event_heard_during_a_walk_waits_for_the_next_one(tmp_path):
+    """Its recording may be newer than the pages already read: stored now, it would
+    have no size, and a stat would download it."""
+    respx.post(f"{API}/get_token").mock(return_value=tokens(1))
+    pbx = FakePbx(3, cap=100)
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    writer = CatalogWriter(catalog)
+    listing = RecordingList(make(), Ingest(writer, PbxClock(), on_new=lambda rec: None),
+                            writer, catalog)
+    late = listed_recording(item(4)).call
+
+    def during_the_walk(request: httpx.Request) -> httpx.Response:
+        answer = pbx(request)
+        listing._heard[late.name] = late  # as on_frame does, while this page travels
+        pbx.items.insert(0, item(4))
+        return answer
+
+    route = respx.get(f"{API}/recording/list").mock(side_effect=during_the_walk)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await listing.catch_up()
+        assert catalog.by_name(late.name) is None  # not stored without its size
+        route.mock(side_effect=pbx)
+        await listing.catch_up()
+        rec = catalog.by_name(late.name)
+        assert rec is not None and rec.size == 1004
+        nursery.cancel_scope.cancel()
+    catalog.close()
