@@ -104,9 +104,13 @@ def call_epoch(call: CallRecord, utc_offset: int | None) -> int | None:
 
 
 def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None,
-            namespace: str = "") -> Recording | None:
+            namespace: str = "", size: int | None = None) -> Recording | None:
     known = db.execute("SELECT callid FROM recordings WHERE name = ?", (call.name,)).fetchone()
     if known is not None:
+        if size is not None:
+            # A P-Series list names the size of a recording an event announced first.
+            db.execute("UPDATE recordings SET size = ? WHERE name = ? AND size IS NULL",
+                       (size, call.name))
         if known[0] and call.callid and known[0] != call.callid:
             # Same file name, another call: the first one keeps the name; a second
             # name for it, or a swap of its content, must not happen.
@@ -123,24 +127,27 @@ def _insert(db: sqlite3.Connection, call: CallRecord, utc_offset: int | None,
         ino = file_ino(call.name, salt, namespace)
         try:
             db.execute(
-                f"INSERT INTO recordings (ino, day, epoch, added, {columns}) "
-                f"VALUES (?, ?, ?, ?, {marks})",
-                [ino, day, epoch, added, *values],
+                f"INSERT INTO recordings (ino, day, epoch, added, size, {columns}) "
+                f"VALUES (?, ?, ?, ?, ?, {marks})",
+                [ino, day, epoch, added, size, *values],
             )
         except sqlite3.IntegrityError:
             continue  # another name hashed to this inode: take the next salt
-        return Recording(ino, day, float(epoch if epoch is not None else added), None, added, call)
+        return Recording(ino, day, float(epoch if epoch is not None else added), size, added, call)
     raise RuntimeError(f"no free inode number for {call.name!r}")
 
 
 def insert_calls(db: sqlite3.Connection, calls: list[CallRecord], utc_offset: int | None,
-                 namespace: str = "") -> list[Recording | None]:
+                 namespace: str = "", sizes: list[int | None] | None = None
+                 ) -> list[Recording | None]:
     """The writer's operation for new calls (inside its transaction): each a new
     Recording, or None where the name was known (reports come twice; the first one
     wins). Also keeps meta `last_seen`, the newest PBX-local call start recfs has
     heard of, and the PBX's UTC offset *utc_offset* (seconds east of UTC, as
     learned from the PBX; it dates calls whose callid carries no time)."""
-    results = [_insert(db, call, utc_offset, namespace) for call in calls]
+    if sizes is None:
+        sizes = [None] * len(calls)
+    results = [_insert(db, call, utc_offset, namespace, size) for call, size in zip(calls, sizes)]
     newest = max((c.timestart for c in calls if pbx_clock.parse_stamp(c.timestart) is not None),
                  default="")
     if newest:

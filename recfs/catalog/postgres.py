@@ -301,8 +301,9 @@ def take_ingest_lock(db: psycopg.Connection[Any], pbx: str) -> None:
 
 # Plain text, composed once (the column names are recfs's own): psycopg prepares it
 # after a few runs, and composing an sql.SQL at every run costs as much as the run.
-_INSERT = (f"INSERT INTO recfs.recordings (ino, pbx, day, epoch, added, {', '.join(CALL_COLUMNS)}) "
-           f"VALUES (%s, %s, %s, %s, %s, {', '.join('%s' for _ in CALL_COLUMNS)}) "
+_INSERT = (f"INSERT INTO recfs.recordings (ino, pbx, day, epoch, added, size, "
+           f"{', '.join(CALL_COLUMNS)}) "
+           f"VALUES (%s, %s, %s, %s, %s, %s, {', '.join('%s' for _ in CALL_COLUMNS)}) "
            f"ON CONFLICT DO NOTHING RETURNING ino")
 
 
@@ -313,7 +314,7 @@ def _known_callid(db: psycopg.Connection[Any], pbx: str, name: str) -> str | Non
 
 
 def _insert(db: psycopg.Connection[Any], pbx: PbxKey, call: CallRecord,
-            utc_offset: int | None) -> Recording | None:
+            utc_offset: int | None, size: int | None) -> Recording | None:
     epoch = call_epoch(call, utc_offset)
     added = time.time()
     day = pbx_clock.call_day(call.timestart, call.name, call.callid, utc_offset)
@@ -322,11 +323,15 @@ def _insert(db: psycopg.Connection[Any], pbx: PbxKey, call: CallRecord,
         ino = file_ino(call.name, salt, pbx.namespace)
         # One statement in the usual case (a new name, a free inode); ino is below
         # 2**63: PostgreSQL's BIGINT holds it as it is.
-        if db.execute(_INSERT, [ino, pbx.name, day, epoch, added, *values]).fetchone():
-            return Recording(ino, day, float(epoch if epoch is not None else added), None,
+        if db.execute(_INSERT, [ino, pbx.name, day, epoch, added, size, *values]).fetchone():
+            return Recording(ino, day, float(epoch if epoch is not None else added), size,
                              added, call)
         known = _known_callid(db, pbx.name, call.name)
         if known is not None:  # reports come twice: the first one wins
+            if size is not None:
+                # A P-Series list names the size of a recording an event announced first.
+                db.execute("UPDATE recfs.recordings SET size = %s WHERE pbx = %s AND name = %s "
+                           "AND size IS NULL", (size, pbx.name, call.name))
             if known and call.callid and known != call.callid:
                 log.warning("refused %s for call %s: the name belongs to call %s already",
                             call.name, call.callid, known)
@@ -344,12 +349,14 @@ class MetaView(Protocol):
 
 
 def insert_calls(db: psycopg.Connection[Any], pbx: PbxKey, calls: list[CallRecord],
-                 utc_offset: int | None, meta: MetaView) -> list[Recording | None]:
+                 utc_offset: int | None, meta: MetaView,
+                 sizes: list[int | None] | None = None) -> list[Recording | None]:
     """As recfs/catalog/database.py's insert_calls, into the shared catalog. A meta
     value already there is not written again: each write is a row version, a change
     number and a copy to every replica, and a burst of reports carries the same
     offset and nearly the same last_seen."""
-    results = [_insert(db, pbx, call, utc_offset) for call in calls]
+    known_sizes = sizes if sizes is not None else [None] * len(calls)
+    results = [_insert(db, pbx, call, utc_offset, size) for call, size in zip(calls, known_sizes)]
     newest = max((c.timestart for c in calls if pbx_clock.parse_stamp(c.timestart) is not None),
                  default="")
     if newest and newest > (meta.get("last_seen") or ""):

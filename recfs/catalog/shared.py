@@ -185,8 +185,9 @@ class SharedBackend:
     # -- the operations -----------------------------------------------------------
 
     def insert_calls(self, db: Any, calls: list[CallRecord], utc_offset: int | None,
-                     namespace: str) -> list[Recording | None]:
-        return pg.insert_calls(db, self.pbx, calls, utc_offset, self._meta)
+                     namespace: str, sizes: list[int | None] | None = None
+                     ) -> list[Recording | None]:
+        return pg.insert_calls(db, self.pbx, calls, utc_offset, self._meta, sizes)
 
     def write_size(self, db: Any, ino: int, size: int) -> None:
         pg.write_size(db, self.pbx, ino, size)

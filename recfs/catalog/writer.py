@@ -82,7 +82,8 @@ class Backend(Protocol):
 
     # The operations (a *db* is what `transaction` hands them).
     def insert_calls(self, db: Any, calls: list[CallRecord], utc_offset: int | None,
-                     namespace: str) -> list[Recording | None]: ...
+                     namespace: str, sizes: list[int | None] | None = None
+                     ) -> list[Recording | None]: ...
     def write_size(self, db: Any, ino: int, size: int) -> None: ...
     def write_meta(self, db: Any, key: str, value: str) -> None: ...
     def write_content(self, db: Any, ino: int, size: int, sha256: str, archive: bool) -> None: ...
@@ -150,8 +151,9 @@ class SqliteBackend:
 
     # Module functions looked up at each call: tests replace them.
     def insert_calls(self, db: Any, calls: list[CallRecord], utc_offset: int | None,
-                     namespace: str) -> list[Recording | None]:
-        return insert_calls(db, calls, utc_offset, namespace)
+                     namespace: str, sizes: list[int | None] | None = None
+                     ) -> list[Recording | None]:
+        return insert_calls(db, calls, utc_offset, namespace, sizes)
 
     def write_size(self, db: Any, ino: int, size: int) -> None:
         write_size(db, ino, size)
@@ -200,6 +202,14 @@ class CatalogWriter:
         """Several calls (a back-fill window) as one operation."""
         return await self._submit(
             lambda db: self.backend.insert_calls(db, calls, utc_offset, self.catalog.namespace))
+
+    async def add_listed(self, calls: list[CallRecord], sizes: list[int | None],
+                         utc_offset: int | None = None) -> list[Recording | None]:
+        """Calls with the sizes a P-Series recording list gave (one operation): a
+        known recording without a size gets it."""
+        return await self._submit(
+            lambda db: self.backend.insert_calls(db, calls, utc_offset, self.catalog.namespace,
+                                                 sizes))
 
     async def set_size(self, ino: int, size: int) -> None:
         await self._submit(lambda db: self.backend.write_size(db, ino, size))

@@ -55,7 +55,8 @@ from recfs.archive import ArchiveError, ArchiveStore, NotInArchive, PutOutcome, 
 from recfs.catalog.database import Archive, Catalog, Recording
 from recfs.logs import redact, setup_logging
 from recfs.pbx.client import LoginDeferred, PbxClient
-from recfs.pbx.errors import BAD_CREDENTIALS, FILE_GONE, LOCKED_OUT, PbxError
+from recfs.pbx.pseries import PSeriesClient
+from recfs.pbx.errors import PbxError
 from recfs.progress import NoProgress, Progress, terminal_progress
 from recfs.service.config import MountOptions, OptionError, build_options, split_options
 from recfs.catalog.shared import WRITE_FAILURES
@@ -340,7 +341,7 @@ class Uploader:
                  temp_dir: Path, max_uploads: int, progress: Callable[[int], Progress]):
         self.catalog: Catalog = parts.catalog
         self.writer = parts.writer
-        self.client: PbxClient = parts.client
+        self.client: PbxClient | PSeriesClient = parts.client
         self.store = store
         self.pbx = pbx
         self.complete_dir = cache_dir / "complete"
@@ -478,11 +479,11 @@ class Uploader:
                 try:
                     content = await self._download(rec)
                 except PbxError as exc:
-                    if exc.errno in FILE_GONE:
+                    if exc.file_gone:
                         self.pbx_breaker.ok()
                         await self.writer.set_lost(rec.ino)
                         raise _Lost() from None
-                    if isinstance(exc, LoginDeferred) or exc.errno in (BAD_CREDENTIALS, LOCKED_OUT):
+                    if isinstance(exc, LoginDeferred) or exc.bad_credentials or exc.locked_out:
                         raise _Stop(f"the PBX refused the login (check user= and "
                                     f"password_file=): {_text(exc)}") from None
                     if exc.errno is None and attempt == 1:

@@ -19,13 +19,15 @@ import trio
 
 from recfs.ingest.backfill import WINDOW, Backfill, Summary
 from recfs.ingest.pipeline import Ingest
+from recfs.ingest.recording_list import RecordingList
 from recfs.logs import setup_logging
 from recfs.pbx.clock import format_local
 from recfs.pbx.errors import PbxError
+from recfs.pbx.pseries import PSeriesClient
 from recfs.progress import terminal_progress
 from recfs.service.config import MountOptions, OptionError, build_options, split_options
 from recfs.service.mountpoint import MountError, expected_failure
-from recfs.service.parts import open_pbx, start_writer
+from recfs.service.parts import PbxParts, open_pbx, start_writer
 
 log = logging.getLogger("recfs.ingest.backfill")
 
@@ -144,6 +146,11 @@ async def _run(opts: MountOptions, args: argparse.Namespace) -> Summary:
     parts = open_pbx(pbx_opts, name, opts.listen[1], exclusive=False)
     client = parts.client
     ingest = Ingest(parts.writer, parts.clock, on_new=lambda rec: None)
+    if isinstance(client, PSeriesClient):
+        try:
+            return await _walk_list(parts, client, ingest)
+        finally:
+            parts.catalog.close()
     try:
         end = args.until or parts.clock.now_bounds()[1]
         if end < args.since:
@@ -177,3 +184,24 @@ async def _run(opts: MountOptions, args: argparse.Namespace) -> Summary:
         return summary
     finally:
         parts.catalog.close()
+
+
+async def _walk_list(parts: PbxParts, client: PSeriesClient, ingest: Ingest) -> Summary:
+    """A P-Series PBX: its recording list holds the whole history, sizes included;
+    walked from the highest id the catalog knows (so --since and --until do not
+    narrow it), as the mount does at every start."""
+    listing = RecordingList(client, ingest, parts.writer, parts.catalog)
+    print("reading the recording list (everything newer than the catalog knows)",
+          file=sys.stderr)
+    async with trio.open_nursery() as nursery:
+        await start_writer(nursery, parts.writer)
+        try:
+            new = await listing.catch_up()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await client.logout()
+            await client.aclose()
+        nursery.cancel_scope.cancel()
+    stats = listing.stats
+    malformed = [("recording list", 0, "malformed item")] * stats.malformed
+    return Summary(new=new, malformed=malformed, windows=stats.requests)

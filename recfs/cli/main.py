@@ -131,7 +131,7 @@ commands:
   catalog copy SQLITE_FILE postgresql://... --name NAME
                                               move a catalog into a shared one (PostgreSQL)
   status MOUNTPOINT [--json]                  what a running mount is doing
-  demo [MOUNTPOINT]                           built-in PBX simulator + mount, to try recfs
+  demo [MOUNTPOINT] [--series p]              built-in PBX simulator + mount, to try recfs
   sim [...]                                   the PBX simulator alone
 
 'recfs COMMAND --help' tells more."""

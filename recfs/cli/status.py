@@ -53,10 +53,22 @@ def render(status: dict[str, Any]) -> str:
     if pbx is None:
         lines.append("  reader mount:  serves the catalog; reads from the archive, never a PBX")
     else:
+        lines[0] = (f"recfs mount of {status['source']} ({pbx.get('series', 's-series')}) "
+                    f"on {status['mountpoint']}")
         session = ("logged in" if pbx["logged_in"]
                    else f"not logged in ({pbx['problem'] or 'connecting'})")
         lines.append(f"  PBX session:   {session}; last contact {_ago(pbx['last_contact'])}")
-    if reports is not None:
+    events = pbx.get("events") if pbx is not None else None
+    if events is not None:  # a P-Series PBX: its event socket, not pushed reports
+        assert pbx is not None
+        problem = f"; last problem: {events['last_error']}" if events.get("last_error") else ""
+        lines += [
+            f"  event socket:  {events['socket']} (opened {events['opened']} time(s), "
+            f"{events['drops']} drop(s)); last event {_ago(events['last_event'])}, "
+            f"{events['received']} received{problem}",
+            f"  tokens:        {pbx['logins']} obtained, {pbx.get('token_refreshes', 0)} refreshed",
+        ]
+    elif reports is not None:
         lines.append(f"  last report:   {_ago(reports['last'])} ({reports['received']} "
                      f"received, {reports['rejected']} refused)")
     if catalog.get("kind") == "postgresql":

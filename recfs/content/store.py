@@ -54,8 +54,8 @@ from recfs.content.readahead import ReadAhead
 from recfs.content.slots import Slots
 from recfs.content.transfer import Interest, RecordingLost, Transfer, TransferFailed
 from recfs.content.pump import Leg
-from recfs.pbx.client import PbxClient, RecordingBody
-from recfs.pbx.errors import BAD_CREDENTIALS, FILE_GONE, LOCKED_OUT, PbxError
+from recfs.pbx.client import RecordingBody
+from recfs.pbx.errors import PbxError
 
 log = logging.getLogger("recfs.content")
 
@@ -103,7 +103,7 @@ class DownloadPolicy:
 
 
 class ContentStore:
-    def __init__(self, catalog: Catalog, cache: DiskCache, client: PbxClient | None,
+    def __init__(self, catalog: Catalog, cache: DiskCache, client: RecordingSource | None,
                  writer: CatalogWriter, policy: DownloadPolicy | None = None,
                  observe_download: Callable[[float], None] = lambda seconds: None, *,
                  archive: ArchiveStore | None = None, pbx: str = ""):
@@ -350,7 +350,7 @@ class ContentStore:
                 self._archive_bad[transfer.ino] = isinstance(exc, (ArchiveMismatch, NotInArchive))
                 transfer.fail(TransferFailed(f"archive copy {transfer.archive_key}: {exc}"))
                 return
-            if isinstance(exc, PbxError) and exc.errno in FILE_GONE:
+            if isinstance(exc, PbxError) and exc.file_gone:
                 if self.archive is not None and self._archived(transfer.ino):
                     # Asked because its archive copy failed a moment ago: not lost.
                     # If the store failed (not the copy), the next read (after
@@ -542,13 +542,16 @@ class Body(Protocol):
     def chunks(self) -> AsyncIterator[bytes]: ...
 
 
+class RecordingSource(Protocol):
+    """Where recordings come from: a PBX of either series (recfs/pbx/client.py,
+    recfs/pbx/pseries.py). Failures are PbxErrors; `file_gone` says the PBX no
+    longer has the file."""
+
+    def download(self, name: str) -> AbstractAsyncContextManager[Body]: ...
+
+
 # Seconds an archive copy that failed is not used again (reads go to the PBX).
 ARCHIVE_BAD_MEMORY = 60.0
-
-# Errnos that will be the same on every try. Any other errno may be about the random
-# (expired, already used: their numbers are undocumented) and deserves a fresh
-# handshake, as pbx-api.md says: "on any failure start over with a fresh one".
-FINAL_ERRNOS = frozenset({*FILE_GONE, BAD_CREDENTIALS, LOCKED_OUT, "10003", "20000", "20001"})
 
 
 def _retryable(error: Exception) -> bool:
@@ -558,7 +561,10 @@ def _retryable(error: Exception) -> bool:
         return False
     if isinstance(error, ArchiveError):
         return error.temporary
-    return not (isinstance(error, PbxError) and error.errno in FINAL_ERRNOS)
+    # Any errno but a final one (PbxError.final) may be about the random (expired,
+    # already used: their numbers are undocumented) and deserves a fresh handshake,
+    # as pbx-api.md says: "on any failure start over with a fresh one".
+    return not (isinstance(error, PbxError) and error.final)
 
 
 class OpenRecording:

@@ -91,12 +91,21 @@ class Ingest:
         log.info("new recording %s/%s", rec.day.replace("-", "/"), rec.name)
         return Outcome.ADDED, ""
 
-    async def add_calls(self, calls: list[CallRecord]) -> tuple[int, int]:
-        """Back-filled calls: (new, already known)."""
+    def heard(self) -> None:
+        """A P-Series event arrived (the counterpart of a report): for status."""
+        self.counters.received += 1
+        self.counters.last_report = time.time()
+
+    async def add_calls(self, calls: list[CallRecord],
+                        sizes: list[int | None] | None = None) -> tuple[int, int]:
+        """Back-filled calls (or a P-Series list's, with their *sizes*): (new,
+        already known)."""
         for call in calls:
             self.clock.learn(call.callid, call.timestart)
         new = known = 0
-        for rec in await self.writer.add_many(calls, self.clock.offset):
+        added = (await self.writer.add_many(calls, self.clock.offset) if sizes is None else
+                 await self.writer.add_listed(calls, sizes, self.clock.offset))
+        for rec in added:
             if rec is None:
                 known += 1
             else:

@@ -23,7 +23,7 @@ import httpx
 import trio
 
 from recfs.logs import forget_secret, register_secret
-from recfs.pbx.errors import BAD_CREDENTIALS, LOCKED_OUT, PbxError
+from recfs.pbx.errors import BAD_CREDENTIALS, PbxError
 from recfs.pbx.tls import SocketBody, TlsSessions, pbx_transport
 
 log = logging.getLogger("recfs.pbx")
@@ -50,6 +50,12 @@ def md5_hex(password: str) -> str:
 class LoginDeferred(PbxError):
     """No login was sent: the guard says not now (waiting, or given up on these
     credentials). Nothing went over the network."""
+
+    def __init__(self, operation: str, errno: str | None, detail: str | None = None,
+                 texts: dict[str, str] | None = None):
+        if texts is not None:  # the errno is of the series whose error it repeats
+            self.TEXTS = texts
+        super().__init__(operation, errno, detail)
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ class LoginGuard:
         wait = self.not_before - self._clock()
         if wait > 0:
             errno = self.last_error.errno if self.last_error else None
-            raise LoginDeferred("login", errno, f"next attempt allowed in {wait:.0f} s")
+            raise LoginDeferred("login", errno, f"next attempt allowed in {wait:.0f} s",
+                                self.last_error.TEXTS if self.last_error else None)
 
     def succeeded(self) -> None:
         self.bad_credentials = 0
@@ -112,11 +119,11 @@ class LoginGuard:
     def failed(self, error: PbxError, secret: str) -> None:
         self.last_error = error
         now = self._clock()
-        if error.errno == BAD_CREDENTIALS:
+        if error.bad_credentials:
             self.bad_credentials += 1
             self._refused_secret = secret
             self.not_before = now + self.BAD_CREDENTIALS_PAUSE * self.bad_credentials
-        elif error.errno == LOCKED_OUT:
+        elif error.locked_out:
             self.not_before = now + self.LOCKOUT_PAUSE
         elif error.errno is None:
             self._network_failures += 1
@@ -180,6 +187,30 @@ def sniff(head: bytes) -> tuple[str, int | None]:
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         return "wav", int.from_bytes(head[4:8], "little") + 8
     return "other", None
+
+
+async def open_body(name: str, response: httpx.Response) -> RecordingBody | bytes:
+    """A download's streamed response, sniffed: the audio (its first bytes read), or
+    the bytes of a JSON error body (both series answer failures with HTTP 200 and
+    JSON). PbxError for an HTML page or an empty body."""
+    head = b""
+    raw = response.aiter_bytes()
+    async for chunk in raw:
+        head += chunk
+        if len(head) >= SNIFF_BYTES:
+            break
+    kind, riff_size = sniff(head)
+    if kind == "json":
+        async for chunk in raw:
+            head += chunk
+            if len(head) > 65536:
+                break
+        return head
+    if kind == "html":
+        raise PbxError("download", None, "PBX answered an HTML page, not audio")
+    if not head:
+        raise PbxError("download", None, "PBX answered an empty body")
+    return RecordingBody(name, head, _content_length(response), riff_size, raw)
 
 
 def describe(exc: BaseException) -> str:
@@ -392,33 +423,18 @@ class PbxClient:
             try:
                 async with self._http.stream("GET", self._url("recording/download"),
                                              params=params) as response:
-                    head = b""
-                    raw = response.aiter_bytes()
-                    async for chunk in raw:
-                        head += chunk
-                        if len(head) >= SNIFF_BYTES:
-                            break
-                    kind, riff_size = sniff(head)
-                    if kind == "json":
-                        async for chunk in raw:
-                            head += chunk
-                            if len(head) > 65536:
-                                break
-                        error = parse_failure("download", head)
+                    body = await open_body(name, response)
+                    if isinstance(body, bytes):
+                        error = parse_failure("download", body)
                         if error.token_problem and attempt == 1:
                             self._drop_token(token)
                             continue
                         raise error
-                    if kind == "html":
-                        raise PbxError("download", None, "PBX answered an HTML page, not audio")
-                    if not head:
-                        raise PbxError("download", None, "PBX answered an empty body")
-                    length = _content_length(response)
-                    body = RecordingBody(name, head, length, riff_size, raw)
+                    length = body.content_length
                     stream = response.extensions.get("network_stream")
-                    if length is not None and length >= len(head) and self.tls is not None \
+                    if length is not None and length >= len(body.head) and self.tls is not None \
                             and stream is not None:
-                        body.direct = SocketBody(stream, length - len(head), self._io_timeout)
+                        body.direct = SocketBody(stream, length - len(body.head), self._io_timeout)
                     try:
                         yield body
                     finally:

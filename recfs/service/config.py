@@ -20,6 +20,7 @@ from recfs.pbx.client import normalise_api_version
 from recfs.pbx.tls import parse_fingerprint
 
 DEFAULT_LISTEN = ("0.0.0.0", 8260)
+API_SERIES = ("s-series", "p-series")
 
 # Said by mount(8), fstab or systemd; meaningless to recfs, harmless to accept.
 _IGNORED = {"_netdev", "nofail", "noauto", "auto", "user", "users", "nouser", "defaults",
@@ -29,8 +30,8 @@ _IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")
 
 _FLAGS = {"insecure", "allow_other", "allow_root", "foreground", "direct_io", "nonempty"}
 _INTS = {"max_downloads", "max_uploads", "readahead", "uid", "gid", "heartbeat"}
-_FLOATS = {"io_timeout", "backfill_interval"}
-_STRINGS = {"user", "password_file", "api_version", "cafile", "fingerprint", "listen",
+_FLOATS = {"io_timeout", "backfill_interval", "event_heartbeat"}
+_STRINGS = {"user", "password_file", "api", "api_version", "cafile", "fingerprint", "listen",
             "report_url", "report_from", "metrics", "views",
             "state_dir", "cache_dir", "prefetch", "umask", "log_level", "log_file", "config",
             "cache_size", "cache_min_free", "archive", "archive_endpoint", "archive_region",
@@ -48,7 +49,8 @@ class MountOptions:
     mountpoint: str
     user: str = "api"
     password_file: str | None = None
-    api_version: str = "v2.0.0"
+    api: str = "s-series"  # or "p-series": which API the PBX speaks (../shared/pbx-p-series.md)
+    api_version: str = "v2.0.0"  # S-Series only
     cafile: str | None = None
     insecure: bool = False
     listen: tuple[str, int] = DEFAULT_LISTEN
@@ -67,6 +69,7 @@ class MountOptions:
     io_timeout: float = 30.0
     heartbeat: int = 300
     backfill_interval: float = 600.0  # re-check recent CDR history this often
+    event_heartbeat: float = 20.0  # P-Series: the event socket's heartbeat (the PBX cuts at 60 s)
     allow_other: bool = False
     allow_root: bool = False
     # Reads bypass the kernel's page cache (see fuse_ops.py); no: mmap(MAP_SHARED) works.
@@ -318,6 +321,10 @@ def _checked(key: str, value: object) -> object:
             return normalise_api_version(str(value))
         except ValueError as exc:
             raise OptionError(str(exc)) from None
+    if key == "api" and value not in API_SERIES:
+        raise OptionError(f"api must be {' or '.join(API_SERIES)}, not {value!r}")
+    if key == "event_heartbeat" and not 0 < float(_scalar(value)) < 60:
+        raise OptionError("event_heartbeat must be more than 0 and less than 60 seconds")
     if key == "views" and value not in ("all", "none"):
         raise OptionError(f"views must be all or none, not {value!r}")
     if key == "fingerprint":

@@ -47,7 +47,8 @@ import httpx
 import trio
 
 from recfs.pbx.client import LoginGuard, PbxClient
-from recfs.pbx.errors import BAD_CREDENTIALS, ERRNO_TEXT, LOCKED_OUT, PbxError
+from recfs.pbx.pseries import PSeriesClient
+from recfs.pbx.errors import BAD_CREDENTIALS, ERRNO_TEXT, P_FAILURE, PbxError, PSeriesError
 from recfs.pbx.tls import PinMismatch
 from recfs.service.config import MountOptions
 from recfs.service.mountpoint import ConfigurationError, MountError
@@ -121,7 +122,7 @@ async def contact_all(services: Iterable[_Contactable]) -> None:
         raise (ConfigurationError if configuration else MountError)("\n".join(problems))
 
 
-async def first_contact(client: PbxClient, opts: MountOptions, name: str,
+async def first_contact(client: PbxClient | PSeriesClient, opts: MountOptions, name: str,
                         holdings: Callable[[], tuple[int, int]]) -> None:
     """Log in once. Returns when logged in, or when the PBX is merely unreachable
     (after a WARNING for the terminal); raises MountError for a configuration error.
@@ -136,7 +137,8 @@ async def first_contact(client: PbxClient, opts: MountOptions, name: str,
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
         raise ConfigurationError(
             f"{prefix}{opts.source}: the PBX refused user={opts.user} with this password "
-            f"{count} times (errno {BAD_CREDENTIALS}, last at {last}); recfs does not try it "
+            f"{count} times (errno {P_FAILURE if opts.api == 'p-series' else BAD_CREDENTIALS}, "
+            f"last at {last}); recfs does not try it "
             f"again, so as never to trip the PBX's lock-out: correct {_password_option(opts)} "
             f"or user= (if the PBX's password was changed to match, delete {memory.path})")
 
@@ -185,14 +187,14 @@ def classify(exc: PbxError, opts: MountOptions, *, speaks_tls: bool | None = Non
     source = opts.source
     parts = urlsplit(source)
     errno_ = exc.errno
-    if errno_ == BAD_CREDENTIALS:
+    if exc.bad_credentials:
         return Verdict(True, f"{source}: the PBX refused user={opts.user} with the password from "
-                             f"{_password_source(opts)} (errno {errno_}: {ERRNO_TEXT[errno_]}): "
+                             f"{_password_source(opts)} (errno {errno_}: {exc.errno_text}): "
                              f"correct {_password_option(opts)} or user=", credentials=True)
-    if errno_ == LOCKED_OUT:
+    if exc.locked_out:
         return Verdict(False, f"PBX {source} refuses logins from this address for now (errno "
                               f"{errno_}: locked out after failed logins; it lasts 10 minutes)")
-    if errno_ in _NOT_THIS_API:
+    if errno_ in _NOT_THIS_API and not isinstance(exc, PSeriesError):
         return Verdict(True, f"{source}: the PBX does not understand {_login_path(opts)} (errno "
                              f"{errno_}: {ERRNO_TEXT[errno_]}): check SOURCE (scheme://host:port, "
                              f"no path) and api_version= (v2.0.0, v1.1.0 or v1.0.1)")
@@ -201,7 +203,7 @@ def classify(exc: PbxError, opts: MountOptions, *, speaks_tls: bool | None = Non
                              f"{ERRNO_TEXT[errno_]}): check listen= (or report_url=)")
     if errno_ is not None:
         return Verdict(False, f"PBX {source} refused the login (errno {errno_}: "
-                              f"{ERRNO_TEXT.get(errno_, 'unknown error number')})")
+                              f"{exc.errno_text})")
 
     chain = list(_causes(exc))
     if any(isinstance(e, PinMismatch) for e in chain):
@@ -310,6 +312,8 @@ def _http_status(text: str) -> int | None:
 
 
 def _login_path(opts: MountOptions) -> str:
+    if opts.api == "p-series":
+        return f"{urlsplit(opts.source).path.rstrip('/')}/openapi/v1.0/get_token"
     return f"{urlsplit(opts.source).path.rstrip('/')}/api/{opts.api_version}/login"
 
 

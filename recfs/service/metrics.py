@@ -20,6 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from recfs.http.server import serve_asgi
+from recfs.pbx.events import SocketState
+from recfs.pbx.pseries import PSeriesClient
 from recfs.service.status import StatusSources
 from recfs.service.supervise import Supervisor
 
@@ -109,6 +111,19 @@ class _StateCollector(Collector):
                         tls.resumed, pbx, kind="resumed")
                 add(gauge, "recfs_pbx_logged_in", "1 while a PBX session is live",
                     1 if client.logged_in else 0, pbx)
+                series = "p-series" if isinstance(client, PSeriesClient) else "s-series"
+                add(gauge, "recfs_pbx_info", "The PBX's API series", 1, pbx, series=series)
+                if isinstance(client, PSeriesClient):
+                    add(counter, "recfs_pbx_token_refreshes", "P-Series access tokens refreshed",
+                        client.refreshes, pbx)
+            if s.events is not None:
+                socket = s.events.stats
+                add(gauge, "recfs_events_socket_open", "1 while the P-Series event socket is open",
+                    1 if socket.state is SocketState.OPEN else 0, pbx)
+                add(counter, "recfs_events_socket_drops", "Event socket drops", socket.drops, pbx)
+                add(counter, "recfs_events_received", "Event frames received", socket.events, pbx)
+                add(gauge, "recfs_events_last_timestamp", "UTC time of the last event (0: none)",
+                    socket.last_event or 0, pbx)
             add(counter, "recfs_downloads", "Recording downloads", stats.downloads_completed,
                 pbx, result="completed")
             add(counter, "recfs_downloads", "Recording downloads", stats.downloads_failed,

@@ -80,8 +80,12 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
     await prepare_mountpoint(opts.mountpoint, opts.nonempty)  # a dead mount there: detached
     options = fuse_options(opts)
     owner = Owner(opts.uid, opts.gid, opts.umask)
-    # A reader mount has no PBX to hear from: no report receiver.
-    sock = None if opts.is_reader else _bind("for PBX reports", *opts.listen)
+    # Only S-Series PBXs push reports; a reader mount, or a mount of P-Series PBXs
+    # alone (events over the WebSocket recfs opens), listens on no port at all.
+    pushes = not opts.is_reader and any(part.api != "p-series"
+                                        for part in (opts.pbxs or {"": opts}).values())
+    sock = _bind("for PBX reports", *opts.listen) if pushes else None
+    port = sock.getsockname()[1] if sock is not None else 0
     metrics_sock = _bind("for metrics", *opts.metrics) if opts.metrics else None
     services: list[PbxService] = []
     readers: list[ReaderService] = []
@@ -91,11 +95,10 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
     metrics = Metrics(mount_tasks)
     try:
         parts: list[PbxService | ReaderService]
-        if sock is None:
+        if opts.is_reader:
             readers = await _reader_services(opts, owner, metrics, mount_tasks)
             parts = list(readers)
         else:
-            port = sock.getsockname()[1]
             for name, pbx_opts in (opts.pbxs or {"": opts}).items():
                 services.append(PbxService(pbx_opts, name, port, owner, metrics.observers,
                                            mount_tasks))
@@ -112,12 +115,14 @@ async def serve_mount(opts: MountOptions, *, task_status=trio.TASK_STATUS_IGNORE
         async with trio.open_nursery() as nursery:
             for part in parts:
                 await part.start(nursery)
-            if sock is not None:
-                router = ReportRouter({svc.secret: svc.report_app() for svc in services})
+            if services:
+                router = ReportRouter({svc.secret: svc.report_app() for svc in services
+                                       if svc.opts.api != "p-series"})
                 # Supervised like every background task; the socket listens already, so
                 # the PBX's first reports wait in its backlog, never refused.
-                mount_tasks.start(nursery, "report receiver", _serving(
-                    "for PBX reports", sock, lambda s: serve_reports(router, s, stop_servers)))
+                if sock is not None:
+                    mount_tasks.start(nursery, "report receiver", _serving(
+                        "for PBX reports", sock, lambda s: serve_reports(router, s, stop_servers)))
                 await contact_all(services)  # wrong configuration: MountError; PBX down: mount
             for part in parts:
                 await part.check_archive()  # likewise

@@ -25,6 +25,7 @@ from recfs.catalog.watch import CatalogWatch
 from recfs.catalog.writer import Backend, CatalogWriter
 from recfs.ingest.gate import load_secret
 from recfs.pbx.client import PbxClient, ReportTarget
+from recfs.pbx.pseries import PSeriesClient
 from recfs.pbx.clock import META_KEY as OFFSET_KEY, PbxClock
 from recfs.pbx.tls import parse_fingerprint, verification
 from recfs.service.config import MountOptions, OptionError, report_target_fields
@@ -39,7 +40,7 @@ class PbxParts:
     watch: CatalogWatch
     writer: CatalogWriter  # not running yet: its run() belongs in the caller's nursery
     clock: PbxClock
-    client: PbxClient
+    client: PbxClient | PSeriesClient  # by the `api=` option
     secret: str  # the last part of the report path registered at login
 
 
@@ -62,12 +63,18 @@ def open_pbx(opts: MountOptions, name: str, report_port: int, *,
     secret = load_secret(state_dir)
     target_port, url, urltag = report_target_fields(opts, report_port, secret)
     pin = parse_fingerprint(opts.fingerprint) if opts.fingerprint else None
-    client = PbxClient(
-        opts.source, opts.user, opts.read_password, api_version=opts.api_version,
-        target=ReportTarget(target_port, url, urltag),
-        verify=verification(opts.cafile, opts.insecure, pin), fingerprint=pin,
-        io_timeout=opts.io_timeout,
-    )
+    verify = verification(opts.cafile, opts.insecure, pin)
+    client: PbxClient | PSeriesClient
+    if opts.api == "p-series":
+        # user= is the API application's Client ID, the password its Client Secret.
+        client = PSeriesClient(opts.source, opts.user, opts.read_password, verify=verify,
+                               fingerprint=pin, io_timeout=opts.io_timeout)
+    else:
+        client = PbxClient(
+            opts.source, opts.user, opts.read_password, api_version=opts.api_version,
+            target=ReportTarget(target_port, url, urltag), verify=verify, fingerprint=pin,
+            io_timeout=opts.io_timeout,
+        )
     return PbxParts(catalog, watch, writer, PbxClock(_stored_offset(catalog)), client, secret)
 
 

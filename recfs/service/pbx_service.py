@@ -21,8 +21,11 @@ from recfs.content.store import ContentStore, DownloadPolicy
 from recfs.ingest.backfill import Backfill, BackfillKeeper
 from recfs.ingest.gate import SOURCE_RECHECK, ReportGate, parse_networks
 from recfs.ingest.pipeline import Ingest
+from recfs.ingest.recording_list import RecordingList
 from recfs.ingest.receiver import ReportApp
 from recfs.logs import recent_problems
+from recfs.pbx.events import EventSocket
+from recfs.pbx.pseries import PSeriesClient
 from recfs.pbx.session import keep_session
 from recfs.service.config import MountOptions
 from recfs.service.metrics import Observers
@@ -62,15 +65,28 @@ class PbxService:
         self.ingest = Ingest(self.writer, self.clock,
                              on_new=self.content.prefetch if prefetch_new else _ignore)
         self.tasks = Supervisor(name)
+        # How new recordings are learned: S-Series reports (the receiver) and CDR
+        # back-fill; P-Series the recording list and the event socket.
+        self.backfill: BackfillKeeper | None = None
+        self.recording_list: RecordingList | None = None
+        self.events: EventSocket | None = None
+        if isinstance(self.client, PSeriesClient):
+            self.recording_list = RecordingList(self.client, self.ingest, self.writer,
+                                                self.catalog)
+            self.events = EventSocket(self.client, self.recording_list.on_frame,
+                                      self.recording_list.catch_up_logged,
+                                      heartbeat=opts.event_heartbeat)
+        else:
+            self.backfill = BackfillKeeper(Backfill(self.client, self.ingest.add_calls),
+                                           self.client, self.clock,
+                                           lambda: self.catalog.meta("last_seen"),
+                                           opts.backfill_interval)
         self.status = StatusSources(opts.source, opts.mountpoint, self.client, self.ingest,
                                     self.content, self.catalog, self.writer, self.archiver, self.tasks, mount_tasks,
-                                    recent_problems, time.time())
+                                    recent_problems, time.time(), self.recording_list, self.events)
         self.fs = RecordingsFs(self.catalog, self.content, owner, views=opts.views == "all",
                                top=name, status=self.status.snapshot,
                                observe_read=observe.read)
-        self.backfill = BackfillKeeper(Backfill(self.client, self.ingest.add_calls), self.client,
-                                       self.clock, lambda: self.catalog.meta("last_seen"),
-                                       opts.backfill_interval)
 
     def _may_evict(self, ino: int) -> bool:
         """With an archive, the cache holds the only copy of a recording until it is
@@ -109,8 +125,16 @@ class PbxService:
         """The background life of the PBX's session, once the mount is up; each task
         supervised (recfs/service/supervise.py)."""
         start = functools.partial(self.tasks.start, nursery)
-        start("session", functools.partial(keep_session, self.client, self.opts.heartbeat))
-        start("back-fill", self.backfill.run)
+        if isinstance(self.client, PSeriesClient):
+            assert self.recording_list is not None and self.events is not None
+            start("tokens", self.client.keep_tokens)
+            start("recording list", functools.partial(_walk_every, self.recording_list,
+                                                      self.opts.backfill_interval))
+            start("events", self.events.run)
+        else:
+            assert self.backfill is not None
+            start("session", functools.partial(keep_session, self.client, self.opts.heartbeat))
+            start("back-fill", self.backfill.run)
         start("tree", functools.partial(self.watch.follow, self.fs.refresh))
         start("report sources", functools.partial(_follow_source_address, self.gate))
         start("cache upkeep", self.cache.reconcile)
@@ -149,6 +173,15 @@ class PbxService:
 
 def _ignore(rec: Recording) -> None:
     pass
+
+
+async def _walk_every(recording_list: RecordingList, interval: float) -> None:
+    """The list at mount, then every *interval* seconds: events the PBX never sent
+    (or sent while the socket was down and the reconnect's walk failed) still
+    bring their recordings."""
+    while True:
+        await recording_list.catch_up_logged()
+        await trio.sleep(interval)
 
 
 async def _follow_source_address(gate: ReportGate) -> None:

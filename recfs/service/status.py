@@ -17,7 +17,10 @@ from recfs.content.archiver import Archiver
 from recfs.content.store import ContentStore
 from recfs.ingest.pipeline import Ingest
 from recfs.logs import RecentProblems
+from recfs.ingest.recording_list import RecordingList
 from recfs.pbx.client import PbxClient
+from recfs.pbx.events import EventSocket
+from recfs.pbx.pseries import PSeriesClient
 from recfs.service.supervise import Supervisor
 
 @dataclass
@@ -26,7 +29,7 @@ class StatusSources:
 
     source: str
     mountpoint: str
-    client: PbxClient | None  # None: a reader mount of a shared catalog (no PBX)
+    client: PbxClient | PSeriesClient | None  # None: a reader mount of a shared catalog
     ingest: Ingest | None
     content: ContentStore
     catalog: Catalog
@@ -36,6 +39,9 @@ class StatusSources:
     mount_tasks: Supervisor  # the mount's: the report receiver, the metrics endpoint
     problems: RecentProblems
     started: float
+    # P-Series only: the recording list and the event socket.
+    recording_list: RecordingList | None = None
+    events: EventSocket | None = None
 
     def snapshot(self) -> dict[str, Any]:
         client, ingest, content = self.client, self.ingest, self.content
@@ -46,11 +52,13 @@ class StatusSources:
             "mountpoint": self.mountpoint,
             "since": self.started,
             "pbx": None if client is None else {
+                "series": "p-series" if isinstance(client, PSeriesClient) else "s-series",
                 "logged_in": client.logged_in,
                 "logins": client.logins,
                 "last_contact": client.last_interaction,
                 "problem": str(client.guard.last_error)
                 if client.guard.last_error and not client.logged_in else None,
+                **self._p_series(),
             },
             "reports": None if ingest is None else {
                 "last": ingest.counters.last_report,
@@ -86,3 +94,20 @@ class StatusSources:
             "errors_last_hour": len(problems),
             "recent_errors": [message for _when, message in problems[-5:]],
         }
+
+    def _p_series(self) -> dict[str, Any]:
+        client = self.client
+        if not isinstance(client, PSeriesClient):
+            return {}
+        found: dict[str, Any] = {"token_refreshes": client.refreshes}
+        if self.events is not None:
+            stats = self.events.stats
+            found["events"] = {"socket": stats.state.value, "opened": stats.opened,
+                               "drops": stats.drops, "received": stats.events,
+                               "last_event": stats.last_event, "last_error": stats.last_error}
+        if self.recording_list is not None:
+            found["recording_list"] = {"walks": self.recording_list.stats.walks,
+                                       "requests": self.recording_list.stats.requests,
+                                       "malformed": self.recording_list.stats.malformed,
+                                       "last_id": self.recording_list.last_id()}
+        return found

@@ -331,7 +331,7 @@ class SimApp:
             prefix = self.sim.config.accel_redirect
             if prefix is not None and request.front_sends and faults == DownloadFaults():
                 return await self._hand_off(prefix + quote(name), size, send)
-            return await self._stream_recording(source, size, faults, receive, send)
+            return await self.stream_recording(source, size, faults, receive, send)
 
     async def _hand_off(self, location: str, size: int, send: Send) -> str:
         """The front server sends the file (SimConfig.accel_redirect); counted as a
@@ -347,7 +347,7 @@ class SimApp:
             stats.download_ended(True)
         return f"audio {size} bytes (sent by the front server)"
 
-    async def _stream_recording(
+    async def stream_recording(
         self,
         source: _AudioSource,
         size: int,

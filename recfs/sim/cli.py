@@ -79,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="errno for a recording that is not there: 10023 (S-Series, default) "
                         "or 20014 (K2/S1000-era)")
     p.add_argument("--seed", type=int, help="make generated calls reproducible")
+    p.add_argument("--series", choices=("s", "p"), default="s",
+                   help="the API to speak: s = S-Series (default), p = P-Series OpenAPI (then "
+                        "--user and --password are the API application's Client ID and Secret)")
+    p.add_argument("--ws-idle", type=float, default=60.0,
+                   help="P-Series: seconds without a client frame before an event socket is closed")
+    p.add_argument("--resource-ttl", type=float, default=1800.0,
+                   help="P-Series: life of a download_resource_url, seconds")
+    p.add_argument("--token-cap", type=int, default=8,
+                   help="P-Series: valid access tokens per application at once")
+    p.add_argument("--list-max", type=int, default=1000,
+                   help="P-Series: the most items a recording/list page holds")
     p.add_argument("--fault", action="append", default=[], metavar="NAME=VALUE[,times=N]",
                    help="switch a fault on from the start (repeatable)")
     p.add_argument("--accel-redirect", metavar="PREFIX",
@@ -136,6 +147,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         faults={name: {"value": v["value"], "times": v["times"]} for name, v in faults.snapshot().items()},
         seed=args.seed,
         accel_redirect=args.accel_redirect,
+        series=args.series,
+        ws_idle=args.ws_idle,
+        resource_ttl=args.resource_ttl,
+        token_cap=args.token_cap,
+        list_max=args.list_max,
     )
 
 

@@ -56,3 +56,14 @@ class SimConfig:
     # clients that come directly, still get the simulator's own answer. None: the
     # simulator always sends the audio.
     accel_redirect: str | None = None
+    # "s": the S-Series API (app.py); "p": the P-Series OpenAPI (openapi.py), where
+    # user/password are the API application's Client ID and Client Secret.
+    series: str = "s"
+    # P-Series: seconds without a frame from the client before the PBX closes an
+    # event socket; the download_resource_url's life; valid access tokens per
+    # application; the most items one recording/list page holds.
+    ws_idle: float = 60.0
+    resource_ttl: float = 1800.0
+    refresh_ttl: float = 86400.0
+    token_cap: int = 8
+    list_max: int = 1000

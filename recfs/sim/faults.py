@@ -78,6 +78,8 @@ PARSERS = {
     "token_ttl": _to_seconds,
     "random_ttl": _to_seconds,
     "login_error": _to_errno,
+    "get_token_error": _to_errno,  # P-Series: get_token answers this errcode
+    "bad_events": _to_bool,  # P-Series: garbage event frames before each real one
     "cdr_bom": _to_bool,
 }
 

@@ -18,6 +18,7 @@ from hypercorn.trio import serve
 
 from recfs.sim.app import SimApp, SimulatedReset
 from recfs.sim.config import SimConfig
+from recfs.sim.openapi import OpenApiApp
 from recfs.sim.simulator import Simulator
 from recfs.sim.tls import ensure_certificate, restrict_to_tls12
 
@@ -121,7 +122,9 @@ async def run_simulator(config: SimConfig, *, task_status: trio.TaskStatus[Simul
             async def serve_then_flag(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 try:
                     # SimApp is a plain ASGI 3 callable; hypercorn's types name its own scopes.
-                    await serve(SimApp(sim), hconfig, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
+                    app = SimApp(sim)
+                    served_app = OpenApiApp(sim, app) if config.series == "p" else app
+                    await serve(served_app, hconfig, shutdown_trigger=stop.wait,  # type: ignore[arg-type]
                                 task_status=task_status)
                 finally:
                     served.set()
@@ -142,7 +145,8 @@ async def run_simulator(config: SimConfig, *, task_status: trio.TaskStatus[Simul
             )
             nursery.start_soon(sim.call_loop)
             nursery.start_soon(sim.cleanup_loop)
-            log.info("PBX simulator listening on %s", info.base_url)
+            log.info("PBX simulator (%s-Series API) listening on %s", config.series.upper(),
+                     info.base_url)
             task_status.started(info)
             await served.wait()
             # Report retries and the call generator end with the server.

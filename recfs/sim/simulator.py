@@ -71,6 +71,29 @@ class Simulator:
         self.nursery: trio.Nursery | None = None
         self._call_lock = trio.Lock()
         self._delete_lock = trio.Lock()
+        # Who hears of each call as it ends (the P-Series event sockets).
+        self._call_watchers: list[trio.MemorySendChannel[dict[str, str]]] = []
+
+    @property
+    def watching(self) -> bool:
+        """Whether anyone hears of calls as they end."""
+        return bool(self._call_watchers)
+
+    def watch_calls(self) -> trio.MemoryReceiveChannel[dict[str, str]]:
+        """The CDR of every call made from now on, until the receiver is closed."""
+        send, receive = trio.open_memory_channel[dict[str, str]](1000)
+        self._call_watchers.append(send)
+        return receive
+
+    def _tell_watchers(self, cdr: dict[str, str]) -> None:
+        for watcher in list(self._call_watchers):
+            try:
+                watcher.send_nowait(cdr)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._call_watchers.remove(watcher)
+            except trio.WouldBlock:
+                log.warning("a call watcher is 1000 calls behind; it misses call %s",
+                            cdr.get("callid"))
 
     # --- faults -----------------------------------------------------------------
 
@@ -115,6 +138,8 @@ class Simulator:
             cdr["callid"], cdr["type"], cdr["callfrom"], cdr["callto"], cdr["status"],
             cdr["talkduraction"], name or "-", " (report dropped)" if drop_report or dropped else "",
         )
+        if not (drop_report or dropped):
+            self._tell_watchers(cdr)
         if not (drop_report or dropped) and self.nursery is not None:
             for session in self.state.live_sessions():
                 self.nursery.start_soon(self.reporter.deliver, session, cdr)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 
+from tests.mount.harness import wait_for
+
 
 def test_views_share_inodes_with_the_date_tree(sim, mount_factory):
     mount = mount_factory()  # prefetch=new: sizes are known before anyone looks
@@ -56,6 +58,9 @@ def test_rsync_aX_keeps_the_cdr_attributes(sim, mount_factory):
     mount = mount_factory()
     cdr = sim.call(duration=2)
     path = mount.wait_file(cdr)
+    # The verified download (prefetch=new) adds user.recfs.sha256: wait for it, or
+    # rsync may copy the attributes from before it and the comparison race it.
+    wait_for(lambda: "user.recfs.sha256" in os.listxattr(path), 10, what="the SHA-256")
     target = mount.workdir / "copy"
     target.mkdir()
     copy = target / cdr["recording"]

@@ -27,9 +27,9 @@ async def test_reports_backfill_sizes_and_meta_at_once_lose_nothing(tmp_path, mo
     threads: set[int] = set()
     real_insert = database.insert_calls
 
-    def insert(db, calls, utc_offset, namespace=""):
+    def insert(db, calls, utc_offset, namespace="", sizes=None):
         threads.add(threading.get_ident())
-        return real_insert(db, calls, utc_offset, namespace)
+        return real_insert(db, calls, utc_offset, namespace, sizes)
 
     monkeypatch.setattr("recfs.catalog.writer.insert_calls", insert)
     catalog = Catalog(tmp_path / "catalog.sqlite")

@@ -153,3 +153,15 @@ def test_catalog_name_belongs_to_one_pbx(tmp_path):
                       '[pbx.a]\nsource = "https://a:8088"\n[pbx.b]\nsource = "https://b:8088"\n')
     with pytest.raises(OptionError, match="catalog_name names one PBX"):
         build_options("recfs", "/mnt", {"config": str(config)}, {"RECFS_PASSWORD": "pw"})
+def test_api_series_on_the_command_line_and_per_pbx_table(tmp_path):
+    assert opts("").api == "s-series"
+    o = opts("api=p-series,event_heartbeat=15")
+    assert (o.api, o.event_heartbeat) == ("p-series", 15.0)
+    for bad in ("api=q-series", "api=p", "event_heartbeat=60", "event_heartbeat=0"):
+        with pytest.raises(OptionError):
+            opts(bad)
+    conf = tmp_path / "both.toml"
+    conf.write_text('[pbx.old]\nsource = "https://pbx1.example:8088"\n'
+                    '[pbx.new]\nsource = "https://cloud.example"\napi = "p-series"\n')
+    o = build_options("recfs", "/mnt", {"config": str(conf)}, {"RECFS_PASSWORD": "pw"})
+    assert (o.pbxs["old"].api, o.pbxs["new"].api) == ("s-series", "p-series")
