@@ -36,7 +36,7 @@ import trio
 from recfs.http.asgi import Receive, Send, lifespan
 from recfs.pbx.errors import P_NOT_FOUND
 from recfs.pbx.names import BadName, check_recording_name
-from recfs.sim.app import SimApp, redacted_target
+from recfs.sim.app import SimApp, front_sends, redacted_target
 from recfs.sim.calls import SERIAL
 from recfs.sim.faults import FaultError
 from recfs.sim.openapi_tokens import OpenApiFailure, OpenApiTokens, new_token
@@ -215,7 +215,7 @@ class OpenApiApp:
         try:
             self._check_request(method, path, dict(scope.get("headers") or []), body)
             if path.startswith(RESOURCE_PREFIX) and method == "GET":
-                outcome = await self._resource(path, query, receive, send)
+                outcome = await self._resource(path, query, front_sends(scope), receive, send)
                 return
             if not path.startswith(PREFIX):
                 raise OpenApiFailure(NOT_EXISTED, "INTERFACE NOT EXISTED")
@@ -383,8 +383,8 @@ class OpenApiApp:
         self._resources[path] = (name, now)
         return {"file": name, "download_resource_url": path}
 
-    async def _resource(self, path: str, query: dict[str, str], receive: Receive,
-                        send: Send) -> str:
+    async def _resource(self, path: str, query: dict[str, str], via_front: bool,
+                        receive: Receive, send: Send) -> str:
         self.tokens.check(query.get("access_token"))
         found = self._resources.get(path)
         if found is None or time.monotonic() - found[1] >= self.sim.config.resource_ttl:
@@ -401,7 +401,8 @@ class OpenApiApp:
             self.stats.resource_gets += 1
             self.state.stats.downloads[name] += 1
             faults = self.sim.faults.take_download()
-            return await self.admin.stream_recording(source, size, faults, receive, send)
+            return await self.admin.send_recording(source, name, size, faults, via_front,
+                                                   receive, send)
 
     # --- the event socket ------------------------------------------------------------
 
