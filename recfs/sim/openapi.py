@@ -99,6 +99,15 @@ def _int(query: dict[str, str], key: str, default: int) -> int:
     return int(text)
 
 
+def _logged_path(path: str) -> str:
+    """*path* for the log: a resource URL's secret (the part after its last "-") is as
+    good as a token while the URL lasts."""
+    if not path.startswith(RESOURCE_PREFIX):
+        return path
+    head, dash, tail = path.rpartition("-")
+    return f"{head}{dash}***{os.path.splitext(tail)[1]}" if dash else RESOURCE_PREFIX + "***"
+
+
 def _blank(value: str) -> str:
     return value if value else " "
 
@@ -209,7 +218,7 @@ class OpenApiApp:
         query = {k: v[-1] for k, v in parse_qs(query_text, keep_blank_values=True).items()}
         client = scope.get("client")
         ip = client[0] if client else "0.0.0.0"
-        where = f"{ip} {method} {redacted_target(path, query_text)}"
+        where = f"{ip} {method} {redacted_target(_logged_path(path), query_text)}"
         body = await self._body(receive)
         outcome = "?"
         try:

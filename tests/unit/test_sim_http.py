@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import signal
 import ssl
 import subprocess
@@ -508,9 +509,10 @@ async def test_accel_redirect_hands_the_body_to_the_front_server_only(nursery, t
     info.stop()
 
 
-async def test_accel_redirect_for_a_p_series_resource_url(nursery, tmp_path, cert_dir):
+async def test_accel_redirect_for_a_p_series_resource_url(nursery, tmp_path, cert_dir, caplog):
     # The P-Series face behind nginx: the token and the resource URL are still the
     # simulator's to check; only a good pair through the front server is handed off.
+    caplog.set_level(logging.INFO, logger="recfs.sim.openapi")
     info = await start_sim(nursery, data_dir=tmp_path, cert_dir=cert_dir, series="p",
                            accel_redirect="/_recordings/", resource_ttl=1.0)
     front = {"X-Sendfile-Type": "X-Accel-Redirect", "User-Agent": "test"}
@@ -540,3 +542,8 @@ async def test_accel_redirect_for_a_p_series_resource_url(nursery, tmp_path, cer
         assert stats["resource_gets"] == 3
         assert (await c.get("/sim/stats")).json()["downloads_active"] == 0
     info.stop()
+    # The resource URL's secret is as good as the token while it lasts: neither is logged.
+    handed = [r.getMessage() for r in caplog.records if "sent by the front server" in r.getMessage()]
+    assert handed and all("-***.wav?access_token=***" in m for m in handed)
+    secret = url.rsplit("-", 1)[1].split(".")[0]
+    assert secret not in caplog.text and token not in caplog.text
