@@ -66,7 +66,7 @@ sys.path[:0] = [str(ROOT)]  # the tests package: tests/mount/harness.py
 
 from recfs.content.store import DownloadPolicy  # noqa: E402
 
-from benchlib import MiB, dd, seconds_for, timed  # noqa: E402
+from benchlib import MiB, cpu_seconds, dd, seconds_for, timed  # noqa: E402
 
 
 def drop_caches() -> None:
@@ -95,12 +95,6 @@ def vm_rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads, so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def line(name: str, figure: str, ratio: str = "") -> None:

@@ -1,8 +1,9 @@
-"""What the benchmark scripts share: timing, dd, and the simulator's bytes per second.
+"""What the benchmark scripts share: timing, CPU, dd, and the simulator's bytes per second.
 Imported by scripts/bench_*.py (their own folder is on sys.path when run)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -26,3 +27,9 @@ def dd(path: Path) -> None:
 def seconds_for(size: int) -> int:
     """Seconds of the simulator's audio that make a WAV of about *size* bytes."""
     return max(1, (size - 44) // SECOND)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads, so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -5,14 +5,17 @@ handshake rules stay the simulator's (one-shot randoms, 30 s, tokens). A downloa
 goes to the simulator too, which redeems the random and, started with
 `--accel-redirect /_recordings/`, answers with `X-Accel-Redirect` and no body; nginx
 then sends the recording's bytes itself from the simulator's recordings directory.
+The same for `recfs sim --series p`: /openapi/ (the event WebSocket included) and the
+resource URLs under /api/download/ go to the simulator, which checks the token and
+the resource URL before it hands the file to nginx.
 TLS 1.2 only, with the simulator's certificate, and `Connection: close` on every
 response (keepalive_timeout 0), as the PBX does. No access log, and only critical
 errors (nginx's error lines quote the request line): URLs carry randoms and tokens.
 Listens on 127.0.0.1 only; workers run as the benchmark's user (root: the simulator's
 directories are private).
 
-Used by scripts/bench_content.py (imported from this folder); nginx comes from
-scripts/setup (Debian's nginx-light).
+Used by scripts/bench_content.py and scripts/bench_pseries.py (imported from this
+folder); nginx comes from scripts/setup (Debian's nginx-light).
 """
 
 from __future__ import annotations
@@ -51,6 +54,15 @@ class NginxFront:
         self.port = _free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         recordings = (Path(sim.data_dir) / "recordings").resolve()
+        # To the simulator, which keeps every check; it names the file to send in
+        # X-Accel-Redirect only when told this server will send it.
+        to_sim = f"""proxy_pass https://127.0.0.1:{sim_port};
+            proxy_ssl_trusted_certificate {sim.cafile};
+            proxy_ssl_verify on;
+            proxy_ssl_name localhost;  # nginx matches DNS names only
+            proxy_ssl_session_reuse on;
+            proxy_pass_header Server;
+            proxy_set_header X-Sendfile-Type X-Accel-Redirect;"""
         conf = workdir / "nginx.conf"
         conf.write_text(f"""
 daemon off;
@@ -75,13 +87,17 @@ http {{
         ssl_certificate_key {tls}/sim-key.pem;
         ssl_session_cache shared:tls:1m;
         location /api/ {{
-            proxy_pass https://127.0.0.1:{sim_port};
-            proxy_ssl_trusted_certificate {sim.cafile};
-            proxy_ssl_verify on;
-            proxy_ssl_name localhost;  # nginx matches DNS names only
-            proxy_ssl_session_reuse on;
-            proxy_pass_header Server;
-            proxy_set_header X-Sendfile-Type X-Accel-Redirect;
+            {to_sim}
+        }}
+        location /openapi/ {{
+            {to_sim}
+        }}
+        location = /openapi/v1.0/subscribe {{
+            {to_sim}
+            proxy_http_version 1.1;  # the event WebSocket: the upgrade goes through
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection upgrade;
+            proxy_read_timeout 1h;  # the simulator's idle limit is the one that counts
         }}
         location {ACCEL_PREFIX} {{
             internal;

@@ -81,6 +81,13 @@ def _normal_ip(text: str) -> str:
     return str(address)
 
 
+def front_sends(scope: dict[str, Any]) -> bool:
+    """Whether the request came through a front server that sends files named by
+    X-Accel-Redirect: it says so in this header (as proxies tell Rack's Sendfile);
+    SimConfig.accel_redirect."""
+    return (b"x-sendfile-type", b"X-Accel-Redirect") in scope.get("headers", ())
+
+
 @dataclass
 class Request:
     method: str
@@ -88,9 +95,7 @@ class Request:
     query: dict[str, str]
     client_ip: str
     body: bytes
-    # A front server that sends files named by X-Accel-Redirect says so in this
-    # header (as proxies tell Rack's Sendfile); SimConfig.accel_redirect.
-    front_sends: bool = False
+    front_sends: bool = False  # front_sends(scope)
 
     def json(self) -> dict[str, Any]:
         try:
@@ -178,7 +183,7 @@ class SimApp:
             query={k: v[-1] for k, v in parse_qs(query_text, keep_blank_values=True).items()},
             client_ip=_normal_ip(client[0]) if client else "0.0.0.0",
             body=body if body is not None else b"",
-            front_sends=(b"x-sendfile-type", b"X-Accel-Redirect") in scope.get("headers", ()),
+            front_sends=front_sends(scope),
         )
         where = f"{request.client_ip} {request.method} {redacted_target(request.path, query_text)}"
         if request.path == "/sim" or request.path.startswith("/sim/"):
@@ -328,10 +333,27 @@ class SimApp:
             size = os.fstat(source.fileno()).st_size
             self.state.stats.downloads[name] += 1
             faults = self.sim.faults.take_download()
-            prefix = self.sim.config.accel_redirect
-            if prefix is not None and request.front_sends and faults == DownloadFaults():
-                return await self._hand_off(prefix + quote(name), size, send)
-            return await self.stream_recording(source, size, faults, receive, send)
+            return await self.send_recording(source, name, size, faults, request.front_sends,
+                                             receive, send)
+
+    async def send_recording(
+        self,
+        source: _AudioSource,
+        name: str,
+        size: int,
+        faults: DownloadFaults,
+        front_sends: bool,
+        receive: Receive,
+        send: Send,
+    ) -> str:
+        """The bytes of *name*, once the series' own checks (random, token, resource
+        URL) have passed: named to the front server when the request came through one
+        (Request.front_sends) and no fault is due, since a fault is the simulator's
+        to act out; otherwise streamed from *source* by the simulator itself."""
+        prefix = self.sim.config.accel_redirect
+        if prefix is not None and front_sends and faults == DownloadFaults():
+            return await self._hand_off(prefix + quote(name), size, send)
+        return await self.stream_recording(source, size, faults, receive, send)
 
     async def _hand_off(self, location: str, size: int, send: Send) -> str:
         """The front server sends the file (SimConfig.accel_redirect); counted as a

@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fault", action="append", default=[], metavar="NAME=VALUE[,times=N]",
                    help="switch a fault on from the start (repeatable)")
     p.add_argument("--accel-redirect", metavar="PREFIX",
-                   help="behind a front server (nginx): answer a download whose random is good "
+                   help="behind a front server (nginx): answer a download whose random (P-Series: "
+                        "resource URL and token) is good "
                         "with X-Accel-Redirect: PREFIX<name> and let the front server send the "
                         "file (download faults still answered here)")
     p.add_argument("--ready-file", type=Path, help="write base URL, CA file and credentials here as JSON once serving")

@@ -50,7 +50,8 @@ class SimConfig:
     seed: int | None = None
     # A front server (nginx in scripts/bench_content.py) sends the audio: a download
     # that came through it (request header `X-Sendfile-Type: X-Accel-Redirect`) and
-    # whose random this simulator redeemed is answered with `X-Accel-Redirect:
+    # whose random this simulator redeemed (P-Series: a resource URL GET whose URL
+    # and token it accepted) is answered with `X-Accel-Redirect:
     # {accel_redirect}{name}` and no body, so that the bytes go out at the speed of
     # a C server while the handshake rules stay the simulator's. Download faults, and
     # clients that come directly, still get the simulator's own answer. None: the

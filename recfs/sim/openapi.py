@@ -36,7 +36,7 @@ import trio
 from recfs.http.asgi import Receive, Send, lifespan
 from recfs.pbx.errors import P_NOT_FOUND
 from recfs.pbx.names import BadName, check_recording_name
-from recfs.sim.app import SimApp, redacted_target
+from recfs.sim.app import SimApp, front_sends, redacted_target
 from recfs.sim.calls import SERIAL
 from recfs.sim.faults import FaultError
 from recfs.sim.openapi_tokens import OpenApiFailure, OpenApiTokens, new_token
@@ -97,6 +97,15 @@ def _int(query: dict[str, str], key: str, default: int) -> int:
     if not text.isdigit() or int(text) < 1:
         raise OpenApiFailure(PARAMETER_ERROR, "PARAMETER ERROR")
     return int(text)
+
+
+def _logged_path(path: str) -> str:
+    """*path* for the log: a resource URL's secret (the part after its last "-") is as
+    good as a token while the URL lasts."""
+    if not path.startswith(RESOURCE_PREFIX):
+        return path
+    head, dash, tail = path.rpartition("-")
+    return f"{head}{dash}***{os.path.splitext(tail)[1]}" if dash else RESOURCE_PREFIX + "***"
 
 
 def _blank(value: str) -> str:
@@ -209,13 +218,13 @@ class OpenApiApp:
         query = {k: v[-1] for k, v in parse_qs(query_text, keep_blank_values=True).items()}
         client = scope.get("client")
         ip = client[0] if client else "0.0.0.0"
-        where = f"{ip} {method} {redacted_target(path, query_text)}"
+        where = f"{ip} {method} {redacted_target(_logged_path(path), query_text)}"
         body = await self._body(receive)
         outcome = "?"
         try:
             self._check_request(method, path, dict(scope.get("headers") or []), body)
             if path.startswith(RESOURCE_PREFIX) and method == "GET":
-                outcome = await self._resource(path, query, receive, send)
+                outcome = await self._resource(path, query, front_sends(scope), receive, send)
                 return
             if not path.startswith(PREFIX):
                 raise OpenApiFailure(NOT_EXISTED, "INTERFACE NOT EXISTED")
@@ -383,8 +392,8 @@ class OpenApiApp:
         self._resources[path] = (name, now)
         return {"file": name, "download_resource_url": path}
 
-    async def _resource(self, path: str, query: dict[str, str], receive: Receive,
-                        send: Send) -> str:
+    async def _resource(self, path: str, query: dict[str, str], via_front: bool,
+                        receive: Receive, send: Send) -> str:
         self.tokens.check(query.get("access_token"))
         found = self._resources.get(path)
         if found is None or time.monotonic() - found[1] >= self.sim.config.resource_ttl:
@@ -401,7 +410,8 @@ class OpenApiApp:
             self.stats.resource_gets += 1
             self.state.stats.downloads[name] += 1
             faults = self.sim.faults.take_download()
-            return await self.admin.stream_recording(source, size, faults, receive, send)
+            return await self.admin.send_recording(source, name, size, faults, via_front,
+                                                   receive, send)
 
     # --- the event socket ------------------------------------------------------------
 

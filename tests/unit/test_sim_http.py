@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import signal
 import ssl
 import subprocess
@@ -506,3 +507,43 @@ async def test_accel_redirect_hands_the_body_to_the_front_server_only(nursery, t
         stats = (await c.get("/sim/stats")).json()
         assert stats["downloads"] == {name: 3} and stats["downloads_active"] == 0
     info.stop()
+
+
+async def test_accel_redirect_for_a_p_series_resource_url(nursery, tmp_path, cert_dir, caplog):
+    # The P-Series face behind nginx: the token and the resource URL are still the
+    # simulator's to check; only a good pair through the front server is handed off.
+    caplog.set_level(logging.INFO, logger="recfs.sim.openapi")
+    info = await start_sim(nursery, data_dir=tmp_path, cert_dir=cert_dir, series="p",
+                           accel_redirect="/_recordings/", resource_ttl=1.0)
+    front = {"X-Sendfile-Type": "X-Accel-Redirect", "User-Agent": "test"}
+    async with http_client(info, headers={"User-Agent": "test"}) as c:
+        name = (await make_call(c, duration=1))["recording"]
+        data = (info.data_dir / "recordings" / name).read_bytes()
+        token = (await c.post("/openapi/v1.0/get_token",
+                              json={"username": USER, "password": PASSWORD})).json()["access_token"]
+        url = (await c.get("/openapi/v1.0/recording/download", params={
+            "file": name, "access_token": token})).json()["download_resource_url"]
+        reply = await c.get(url, params={"access_token": token}, headers=front)
+        assert reply.headers["x-accel-redirect"] == f"/_recordings/{name}" and reply.content == b""
+        bad = await c.get(url, params={"access_token": "0" * 32}, headers=front)
+        assert "x-accel-redirect" not in bad.headers and bad.json()["errcode"] == 10004
+        direct = await c.get(url, params={"access_token": token})
+        assert "x-accel-redirect" not in direct.headers and direct.content == data
+        await c.post("/sim/faults", json={"truncate_after": 100})
+        async with c.stream("GET", url, params={"access_token": token}, headers=front) as cut:
+            assert "x-accel-redirect" not in cut.headers
+            with pytest.raises(httpx.RemoteProtocolError):  # the simulator's own body, cut
+                await cut.aread()
+        await trio.sleep(1.1)
+        expired = await c.get(url, params={"access_token": token}, headers=front)
+        assert "x-accel-redirect" not in expired.headers
+        assert expired.json() == {"errcode": 40002, "errmsg": "RESOURCE EXPIRED"}
+        stats = (await c.get("/sim/openapi")).json()
+        assert stats["resource_gets"] == 3
+        assert (await c.get("/sim/stats")).json()["downloads_active"] == 0
+    info.stop()
+    # The resource URL's secret is as good as the token while it lasts: neither is logged.
+    handed = [r.getMessage() for r in caplog.records if "sent by the front server" in r.getMessage()]
+    assert handed and all("-***.wav?access_token=***" in m for m in handed)
+    secret = url.rsplit("-", 1)[1].split(".")[0]
+    assert secret not in caplog.text and token not in caplog.text
