@@ -35,7 +35,7 @@ from recfs.catalog import postgres as pg
 from recfs.catalog import replica
 from recfs.catalog.database import Catalog, Recording
 from recfs.catalog.postgres import CatalogBusy, CatalogUnavailable, PbxKey, PgSettings
-from recfs.catalog.writer import Pending
+from recfs.catalog.writer import Pending, fail_all
 from recfs.pbx.reports import CallRecord
 
 log = logging.getLogger("recfs.catalog.shared")
@@ -248,16 +248,12 @@ def _optimistic_batch(db: psycopg.Connection[Any], batch: list[Pending],
 
 
 def _fail_all(db: psycopg.Connection[Any], batch: list[Pending], exc: Exception) -> Exception:
-    log.error("catalog commit of %d operation(s) failed: %s", len(batch), exc)
     if not (db.closed or db.broken):
         try:
             db.execute("ROLLBACK")
         except psycopg.Error:
             pass
-    for pending in batch:
-        pending.result = None
-        pending.error = exc
-    return exc
+    return fail_all(batch, exc)
 
 
 class _TransactionMeta:

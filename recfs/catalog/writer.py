@@ -109,17 +109,23 @@ def run_batch(db: sqlite3.Connection, batch: list[Pending]) -> Exception | None:
             db.execute("RELEASE op")
         db.execute("COMMIT")
     except Exception as exc:
-        log.error("catalog commit of %d operation(s) failed: %s", len(batch), exc)
         try:
             if db.in_transaction:
                 db.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-        for pending in batch:
-            pending.result = None
-            pending.error = exc
-        return exc
+        return fail_all(batch, exc)
     return None
+
+
+def fail_all(batch: list[Pending], exc: Exception) -> Exception:
+    """A transaction that failed as a whole (its COMMIT, its connection): nothing of
+    it is acknowledged, every operation carries the error."""
+    log.error("catalog commit of %d operation(s) failed: %s", len(batch), exc)
+    for pending in batch:
+        pending.result = None
+        pending.error = exc
+    return exc
 
 
 class SqliteBackend:

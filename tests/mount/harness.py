@@ -499,3 +499,17 @@ def read_after_recovery(path: Path, timeout: float = 15.0) -> bytes:
 
     wait_for(attempt, timeout, interval=0.5, what=f"{path.name} to be readable again")
     return result[-1]
+
+
+def pbx_tables(workdir: Path, sims: dict[str, Sim], extra: dict[str, str] | None = None) -> str:
+    """The [pbx.NAME] tables of a config for a mount of several simulators (each with
+    its password file in *workdir*), plus *extra* lines per NAME."""
+    tables = ""
+    for name, sim in sims.items():
+        password = workdir / f"{name}.password"
+        password.write_text(sim.password + "\n")
+        password.chmod(0o600)
+        tables += (f'[pbx.{name}]\nsource = "{sim.url}"\nuser = "{sim.user}"\n'
+                   f'password_file = "{password}"\ncafile = "{sim.cafile}"\n'
+                   f'{(extra or {}).get(name, "")}')
+    return tables

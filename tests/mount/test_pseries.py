@@ -13,7 +13,8 @@ import time
 import httpx
 import pytest
 
-from tests.mount.harness import RECFS, Mount, Sim, free_port, metric, try_mount, wait_for
+from tests.mount.harness import (RECFS, Mount, Sim, free_port, metric, pbx_tables, try_mount,
+                                 wait_for)
 
 P_MOUNT = ("api=p-series", "prefetch=none", "event_heartbeat=1")
 
@@ -255,15 +256,7 @@ def test_one_mount_holds_an_s_series_and_a_p_series_pbx(tmp_path):
     sims = {"old": Sim(tmp_path / "sim-old"), "new": p_sim(tmp_path, name="sim-new")}
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    tables = ""
-    for name, sim in sims.items():
-        password = tmp_path / f"{name}.password"
-        password.write_text(sim.password + "\n")
-        password.chmod(0o600)
-        tables += (f'[pbx.{name}]\nsource = "{sim.url}"\nuser = "{sim.user}"\n'
-                   f'password_file = "{password}"\ncafile = "{sim.cafile}"\n')
-        if name == "new":
-            tables += 'api = "p-series"\n'
+    tables = pbx_tables(tmp_path, sims, {"new": 'api = "p-series"\n'})
     config = tmp_path / "all.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\ncache_dir = "{tmp_path / "cache"}"\n'
                       f'listen = "127.0.0.1:0"\nprefetch = "none"\n{tables}')

@@ -7,20 +7,14 @@ import json
 import os
 import subprocess
 
-from tests.mount.harness import RECFS, Sim, wait_for
+from tests.mount.harness import RECFS, Sim, pbx_tables, wait_for
 
 
 def test_two_pbxs_one_mount(tmp_path):
     sims = {"main": Sim(tmp_path / "sim-main"), "branch": Sim(tmp_path / "sim-branch")}
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    tables = ""
-    for name, sim in sims.items():
-        password = tmp_path / f"{name}.password"
-        password.write_text(sim.password + "\n")
-        password.chmod(0o600)
-        tables += (f'[pbx.{name}]\nsource = "{sim.url}"\nuser = "{sim.user}"\n'
-                   f'password_file = "{password}"\ncafile = "{sim.cafile}"\n')
+    tables = pbx_tables(tmp_path, sims)
     config = tmp_path / "all.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\ncache_dir = "{tmp_path / "cache"}"\n'
                       f'listen = "127.0.0.1:0"\nprefetch = "new"\n{tables}')

@@ -216,19 +216,13 @@ def test_a_catalog_that_does_not_answer_ends_the_mount_with_one_line(sim, postgr
 def test_a_mount_of_several_pbxs_shares_one_catalog(tmp_path):
     """Two PBXs in one ingest mount, one catalog for both; a reader mount shows the
     same two directories with the same inode numbers, from the archive."""
-    from tests.mount.harness import Sim
+    from tests.mount.harness import Sim, pbx_tables
     from tests.postgres import PostgresServer
     server = PostgresServer.start(tmp_path / "pg")
     try:
         url = server.new_database()
         sims = {"main": Sim(tmp_path / "sim-main"), "branch": Sim(tmp_path / "sim-branch")}
-        tables = ""
-        for name, sim in sims.items():
-            password = tmp_path / f"{name}.password"
-            password.write_text(sim.password + "\n")
-            password.chmod(0o600)
-            tables += (f'[pbx.{name}]\nsource = "{sim.url}"\nuser = "{sim.user}"\n'
-                       f'password_file = "{password}"\ncafile = "{sim.cafile}"\n')
+        tables = pbx_tables(tmp_path, sims)
         archive = tmp_path / "archive"
         archive.mkdir()
         config = tmp_path / "all.toml"
