@@ -246,8 +246,10 @@ class Leg:
             offset = self.position
             fill = 0
             # Fill the buffer up to HANDOFF, or less when a reader waits for the
-            # bytes (the first byte should not wait for a quarter MiB).
-            while fill < HANDOFF and self.position < self.wanted and not self.halt:
+            # bytes (the first byte should not wait for a quarter MiB); at least
+            # one read each time (`wanted` may stay behind until the writer's
+            # report has run).
+            while True:
                 try:
                     n = read_into(view[fill:])
                 except Interrupted:
@@ -258,6 +260,8 @@ class Leg:
                 update(view[fill:fill + n])
                 fill += n
                 self.position += n
+                if fill >= HANDOFF or self.position >= self.wanted or self.halt:
+                    break
             if fill:
                 ring.hand_over(buffer, fill, offset)
             else:
