@@ -251,7 +251,7 @@ class Leg:
             # report has run).
             while True:
                 try:
-                    n = read_into(view[fill:])
+                    n = read_into(view[fill:HANDOFF])
                 except Interrupted:
                     break
                 if n == 0:
