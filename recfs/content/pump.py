@@ -251,7 +251,7 @@ class Leg:
             # report has run).
             while True:
                 try:
-                    n = read_into(view[fill:HANDOFF])
+                    n = read_into(view[fill:])
                 except Interrupted:
                     break
                 if n == 0:
