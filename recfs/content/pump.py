@@ -237,7 +237,7 @@ class Leg:
             ring.close()
 
     def _read(self, ring: _Ring) -> None:
-        read_into, update = self.body.read_into, self.digest.update
+        read_into = self.body.read_into
         while not self.halt:
             buffer = ring.take_free()
             if buffer is None:
@@ -257,7 +257,6 @@ class Leg:
                 if n == 0:
                     self.ended = True  # the end of the body, or of the connection: the caller checks
                     break
-                update(view[fill:fill + n])
                 fill += n
                 self.position += n
                 if fill >= HANDOFF or self.position >= self.wanted or self.halt:
@@ -285,6 +284,7 @@ class Leg:
         while (item := ring.take_full()) is not None:
             buffer, count, start = item
             chunk = memoryview(buffer)[:count]
+            self.digest.update(chunk)
             end = start + count
             if end > self.skip:
                 if start < self.skip:
