@@ -57,9 +57,9 @@ from recfs.pbx.tls import Interrupted
 # the fill at which the reader hands a buffer over (smaller hand-overs cost a thread
 # wake-up each; larger ones leave the writer idle longer), and the cache room asked
 # for at a time (evicting for it).
-BUFFER = 256 << 10
+BUFFER = 1 << 20
 HANDOFF = 256 << 10  # <= BUFFER: a buffer is handed over before it is full
-RING = 4  # buffers per download: one being read into, the others queued or being written
+RING = 3  # buffers per download: one being read into, the others queued or being written
 ROOM = 8 << 20
 REPORT = 4 << 20  # at least every this many bytes, the writer reports its progress
 
