@@ -3,18 +3,21 @@
 The trio thread also answers FUSE; a download read there costs it one trip through
 httpcore, h11 and httpx per TLS read, and the bytes are copied four times on the
 way. Here a reader thread reads the socket (`RecordingBody.read_into`: OpenSSL
-decrypts straight into a reused buffer with the GIL released) and hashes the bytes
-(hashlib releases the GIL too); a writer thread `pwrite`s them into the partial
-file and tells trio how far it got. The two overlap: while one buffer is written,
-the next is decrypted and hashed (a small ring of reused buffers between them).
-Read, hash and write in one thread cost 2.1-2.7 ms per MiB, one after the other.
+decrypts straight into a reused buffer with the GIL released) and hands the filled
+buffer to a writer thread, which hashes it and `pwrite`s it into the partial file
+(both release the GIL too) and tells trio how far it got. The two overlap: while
+one buffer is hashed and written, the next is decrypted (a small ring of reused
+buffers between them). One thread doing all three one after the other was slower
+in six of nine same-run comparisons (median 8 %); hashing in the reader instead
+of the writer was slower than this (the README's benchmark section has figures).
 
 Which thread touches what (the rule of this module):
 - The reader thread touches only the download's socket (through `read_into`), the
-  SHA-256 object, the buffer it fills, and the `Leg` fields marked "reader"; it
-  hands each filled buffer to the writer through the ring (`_Ring`) and never
-  touches it again until the writer gives it back.
+  buffer it fills, and the `Leg` fields marked "reader"; it hands each filled
+  buffer to the writer through the ring (`_Ring`) and does not touch it again
+  until the writer gives it back.
 - The writer thread touches only the partial file's descriptor (`os.pwrite`), the
+  SHA-256 object (every byte read, in order, also those on disk already), the
   buffers it was handed, and the `Leg` fields marked "writer"; of the Transfer it
   reads only `fd` and `size`, which do not change while it runs. It writes every
   byte the reader read (pausing does not drop any: the next leg goes on from
@@ -123,10 +126,10 @@ class Leg:
         self.transfer = transfer
         self.body = body
         self.cache = cache
-        self.digest = digest  # reader
+        self.digest = digest  # writer
         self.skip = skip  # bytes before this are on disk already (an earlier attempt)
         self.on_bytes = on_bytes  # trio thread: bytes written to the cache, for stats
-        self.position = position  # reader: bytes of the body read (and hashed) so far
+        self.position = position  # reader: bytes of the body read so far
         self.ended = False  # reader: the body (or the connection) ended
         self.written = max(position, skip)  # writer: bytes [0, written) are on disk
         self.failure: Exception | None = None  # the first thread to fail (set once)
