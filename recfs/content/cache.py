@@ -269,7 +269,7 @@ class DiskCache:
         self.partial_bytes += len(view)
 
     def reserve(self, incoming: int) -> None:
-        """Count *incoming* bytes that a download's worker thread is about to pwrite
+        """Count *incoming* bytes that a download's writer thread is about to pwrite
         into its partial file (content/pump.py), keeping the limits as write() does
         (evicting first). What it does not write goes back with release()."""
         self._make_room(incoming)
@@ -279,7 +279,7 @@ class DiskCache:
         self.partial_bytes -= unused
 
     def evict_for_full_disk(self, need: int) -> int:
-        """The worker's pwrite met ENOSPC: evict; the bytes freed (0: CacheFull)."""
+        """The writer thread's pwrite met ENOSPC: evict; the bytes freed (0: CacheFull)."""
         return self._evict(need, reason="cache filesystem full")
 
     def _free_bytes(self, incoming: int = 0) -> int:

@@ -9,9 +9,9 @@ the catalog, and its reads fail at once. Every download from the PBX is hashed a
 arrives, and the catalog learns size and SHA-256 together (with an archive, that
 queues its upload: archiver.py).
 
-The body of a PBX download whose length is known is read by a worker thread
-(pump.py, which says what that thread may touch); everything else here runs on the
-trio thread.
+The body of a PBX download whose length is known is read, hashed and written by two
+worker threads (pump.py, which says what each may touch); everything else here runs
+on the trio thread.
 
 One Transfer per recording at a time, shared by every reader and the prefetcher;
 reads wait only for the bytes they need; a finished file is checked against its

@@ -45,7 +45,7 @@ class Transfer:
         self.expected_sha256 = sha256
         self.sha256: str | None = None  # of the bytes of the attempt that completed
         self.size = size  # known from the catalog, Content-Length or the WAV header
-        self.fd = fd  # the partial file, written only by the download task (or its worker, pump.py)
+        self.fd = fd  # the partial file, written only by the download task (or its writer thread, pump.py)
         self.have = 0  # bytes [0, have) are on disk
         self.counted = 0  # bytes the cache counts for the partial file (written or reserved)
         self.readers = 0  # open files: make the transfer urgent
@@ -73,7 +73,7 @@ class Transfer:
         # of one download must not all wake for every 16 KiB.
         self._byte_waiters: list[tuple[int, trio.Event]] = []
         # Set while a worker thread writes the body (content/pump.py): called when a
-        # reader starts waiting for bytes not reported yet, so that the worker
+        # reader starts waiting for bytes not reported yet, so that the writer
         # reports as soon as it has them, and not at every record.
         self.on_wait: Callable[[], None] | None = None
 

@@ -159,7 +159,7 @@ class RecordingBody:
         return self.content_length if self.content_length is not None else self.riff_size
 
     def read_into(self, view: memoryview) -> int:
-        """In the worker thread: `SocketBody.read_into`, with failures as PbxError
+        """In the reader thread (pump.py): `SocketBody.read_into`, with failures as PbxError
         (Interrupted passes: the reader was asked to pause or stop)."""
         assert self.direct is not None
         try:
