@@ -240,26 +240,8 @@ class SeaweedFS:
             return ""
 
     def sockets(self) -> list[tuple[str, str, str]]:
-        """The process's TCP sockets as (local, remote, state), addresses as
-        "IP:PORT", from /proc: to check that it listens and talks on loopback only."""
-        inodes = set()
-        for fd in Path(f"/proc/{self.process.pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-        states = {"01": "ESTABLISHED", "0A": "LISTEN", "06": "TIME_WAIT", "08": "CLOSE_WAIT",
-                  "02": "SYN_SENT"}
-        found = []
-        for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[9] in inodes:
-                    found.append((_address(fields[1], family), _address(fields[2], family),
-                                  states.get(fields[3], fields[3])))
-        return found
+        """The process's TCP sockets (tcp_sockets)."""
+        return tcp_sockets([self.process.pid])
 
     @property
     def running(self) -> bool:
@@ -292,6 +274,30 @@ class SeaweedFS:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         self._remove_sockets()
+
+
+def tcp_sockets(pids: list[int]) -> list[tuple[str, str, str]]:
+    """The TCP sockets of the processes *pids* as (local, remote, state), addresses as
+    "IP:PORT", from /proc: to check that a server listens and talks on loopback only."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    states = {"01": "ESTABLISHED", "0A": "LISTEN", "06": "TIME_WAIT", "08": "CLOSE_WAIT",
+              "02": "SYN_SENT"}
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                found.append((_address(fields[1], family), _address(fields[2], family),
+                              states.get(fields[3], fields[3])))
+    return found
 
 
 def _address(text: str, family: int) -> str:

@@ -327,3 +327,16 @@ async def test_one_failing_operation_fails_alone(pg_catalog, tmp_path, monkeypat
         sizes = dict(db.execute("SELECT name, size FROM recfs.recordings").fetchall())
     assert sizes[call(7).name] is None
     assert all(sizes[call(n).name] == 100 + n for n in range(20) if n != 7)
+
+
+def test_postgres_listens_and_talks_on_loopback_only(postgres, pg_catalog):
+    """The tests' PostgreSQL: bound to 127.0.0.1, no other address in any of its
+    sockets, while a client is connected."""
+    from tests.servers import tcp_sockets
+    with psycopg.connect(pg_catalog) as db:
+        assert db.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
+        sockets = tcp_sockets(postgres.pids())
+    assert any(state == "LISTEN" for _local, _remote, state in sockets)
+    for local, remote, _state in sockets:
+        assert local.startswith("127.0.0.1:"), sockets
+        assert remote.startswith(("127.0.0.1:", "0.0.0.0:")), sockets
