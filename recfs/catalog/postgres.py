@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -114,14 +115,14 @@ class PgSettings:
                 keepalives_interval=5, keepalives_count=3,
                 options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}", **extra)
         except psycopg.Error as exc:
-            raise CatalogUnavailable(f"catalog {self.shown}: {_reason(exc)}") from None
+            raise CatalogUnavailable(f"catalog {self.shown}: {reason(exc)}") from None
 
 
 class CatalogConfigError(ValueError):
     """An option about the catalog is wrong: the mount cannot start."""
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """psycopg's message, first line, without anything that could hold a secret:
     libpq's messages name the host, port and user, never the password."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -291,7 +292,6 @@ def take_ingest_lock(db: psycopg.Connection[Any], pbx: str) -> None:
         holder = f" ({row[0]})" if row and row[0] else ""
         raise CatalogBusy(f"another ingest mount{holder} writes PBX {pbx!r} into this catalog; "
                           f"only one may (a reader mount serves the same tree without the PBX)")
-    import socket
     db.execute("UPDATE recfs.pbxs SET holder = %s WHERE pbx = %s",
                (f"{socket.gethostname()} pid {os.getpid()} since "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}", pbx))

@@ -80,9 +80,12 @@ def adopt(local: sqlite3.Connection, catalog_id: str) -> None:
                     "copying this one's", had)
 
 
-def pull(pg: psycopg.Connection[Any], local: sqlite3.Connection, pbx: PbxKey) -> int:
-    """Copy what changed since the last pull; the number of rows copied."""
-    copied = _pull_meta(pg, local, pbx)
+def pull(pg: psycopg.Connection[Any], local: sqlite3.Connection, pbx: PbxKey, *,
+         meta: bool = True) -> int:
+    """Copy what changed since the last pull; the number of rows copied. *meta*:
+    the PBX's meta too (the writer that has just committed knows whether it wrote
+    any: one query less after a batch of reports)."""
+    copied = _pull_meta(pg, local, pbx) if meta else 0
     cursor = _cursor(local, _RECORDINGS_CURSOR)
     if cursor == 0 and local.execute("SELECT 1 FROM recordings LIMIT 1").fetchone() is None:
         waiting = pg.execute("SELECT COUNT(*) FROM (SELECT 1 FROM recfs.recordings WHERE pbx = %s "

@@ -102,7 +102,7 @@ class SharedBackend:
             replica.adopt(self._local, self.catalog_id)
         except psycopg.Error as exc:
             db.close()
-            raise CatalogUnavailable(f"catalog {self.settings.shown}: {pg._reason(exc)}") from None
+            raise CatalogUnavailable(f"catalog {self.settings.shown}: {pg.reason(exc)}") from None
         except BaseException:
             db.close()
             raise
@@ -123,7 +123,7 @@ class SharedBackend:
     def _failed(self, exc: BaseException) -> None:
         """The database went away (or refused): say so once, try again later."""
         message = str(exc) if isinstance(exc, (CatalogUnavailable, CatalogBusy)) else \
-            f"catalog {self.settings.shown}: {pg._reason(exc)}"
+            f"catalog {self.settings.shown}: {pg.reason(exc)}"
         if self.available or self.last_error != message:
             log.warning("%s; serving the local replica, retrying", message)
         self.available, self.last_error = False, message
@@ -158,7 +158,7 @@ class SharedBackend:
             if db.closed or db.broken:
                 self._failed(error)
             return error
-        self._pull()
+        self._pull(meta=bool(self._meta.written))
         return None
 
     def follow(self) -> bool:
@@ -172,10 +172,10 @@ class SharedBackend:
                 "role": "ingest" if self.ingest else "reader", "available": self.available,
                 "problem": self.last_error, "replica": str(self.replica.path)}
 
-    def _pull(self) -> int:
+    def _pull(self, *, meta: bool = True) -> int:
         assert self._local is not None
         try:
-            return replica.pull(self._connection(), self._local, self.pbx)
+            return replica.pull(self._connection(), self._local, self.pbx, meta=meta)
         except (psycopg.Error, CatalogUnavailable, CatalogBusy) as exc:
             self._failed(exc)
         except sqlite3.Error as exc:  # the local disk: the next pull tries again
@@ -194,6 +194,7 @@ class SharedBackend:
 
     def write_meta(self, db: Any, key: str, value: str) -> None:
         pg.write_meta(db, self.pbx, key, value)
+        self._meta.put(key, value)
 
     def write_content(self, db: Any, ino: int, size: int, sha256: str, archive: bool) -> None:
         pg.write_content(db, self.pbx, ino, size, sha256, archive)

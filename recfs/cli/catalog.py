@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
         print(f"recfs: {exc}", file=sys.stderr)
         return 2
     except psycopg.Error as exc:
-        print(f"recfs: copy failed, nothing copied: {pg._reason(exc)}", file=sys.stderr)
+        print(f"recfs: copy failed, nothing copied: {pg.reason(exc)}", file=sys.stderr)
         return 1
     finally:
         source.close()
