@@ -17,7 +17,17 @@ Tables (schema `recfs`):
 - `meta`: per PBX (pbx '' for the catalog's own: schema version, catalog id), with
   `changed` numbers of the same sequence.
 - `pbxs`: the PBXs that ingest into this catalog, with the inode namespace each uses.
-No summaries: each replica keeps its own (SQLite triggers, recfs/catalog/schema.py).
+- `days`, `type_days`, `numbers`: per PBX, the summaries a listing needs (what the
+  SQLite catalog's triggers keep), kept by a trigger on `recordings`, with `changed`
+  numbers of the same sequence. A replica copies them first, whole (thousands of
+  rows, even for millions of recordings), and the recordings of a directory only
+  when someone looks into it (recfs/catalog/replica.py): a new host's reader mount
+  is up in a second, whatever the catalog holds.
+
+Schema versions (`meta.schema` of pbx ''; their own, not the SQLite file's):
+2. recordings, meta, pbxs (the first shared catalog: it started at the SQLite
+   schema's version then).
+3. the summaries, and the indexes that find a directory's recordings.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +47,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from recfs.catalog.database import Recording, call_epoch, file_ino
-from recfs.catalog.schema import CALL_COLUMNS, SCHEMA_VERSION, SchemaError
+from recfs.catalog.schema import CALL_COLUMNS, SchemaError
 from recfs.pbx import clock as pbx_clock
 from recfs.pbx.clock import META_KEY as OFFSET_KEY
 from recfs.pbx.reports import CallRecord
@@ -194,6 +205,126 @@ CREATE TRIGGER meta_changed BEFORE INSERT OR UPDATE ON recfs.meta
     FOR EACH ROW EXECUTE FUNCTION recfs.number_change();
 """
 
+# A call's time in the summaries, as the SQLite schema's _MTIME has it (floor: CAST
+# rounds in PostgreSQL, truncates in SQLite).
+_CALL_TIME = "COALESCE({r}.epoch, floor({r}.added)::BIGINT)"
+
+# Version 3: the summaries. `changed` of a summary row is that of the recording that
+# changed it last: the same sequence, under the same commit-order lock.
+_SUMMARIES = f"""
+CREATE TABLE IF NOT EXISTS recfs.days (
+    pbx TEXT NOT NULL,
+    day TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    last_call BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    changed BIGINT NOT NULL,
+    PRIMARY KEY (pbx, day)
+);
+CREATE TABLE IF NOT EXISTS recfs.type_days (
+    pbx TEXT NOT NULL,
+    type TEXT NOT NULL,
+    day TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    last_call BIGINT NOT NULL,
+    changed BIGINT NOT NULL,
+    PRIMARY KEY (pbx, type, day)
+);
+CREATE TABLE IF NOT EXISTS recfs.numbers (
+    pbx TEXT NOT NULL,
+    number TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    last_call BIGINT NOT NULL,
+    changed BIGINT NOT NULL,
+    PRIMARY KEY (pbx, number)
+);
+CREATE INDEX IF NOT EXISTS days_changes ON recfs.days (pbx, changed);
+CREATE INDEX IF NOT EXISTS type_days_changes ON recfs.type_days (pbx, changed);
+CREATE INDEX IF NOT EXISTS numbers_changes ON recfs.numbers (pbx, changed);
+-- A directory's recordings, in inode order (what a replica copies on first sight).
+CREATE INDEX IF NOT EXISTS recordings_days ON recfs.recordings (pbx, day, ino);
+CREATE INDEX IF NOT EXISTS recordings_callers ON recfs.recordings (pbx, caller, ino);
+CREATE INDEX IF NOT EXISTS recordings_callees ON recfs.recordings (pbx, callee, ino);
+CREATE OR REPLACE FUNCTION recfs.summarise() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    call BIGINT := {_CALL_TIME.format(r="NEW")};
+    grown BIGINT;
+BEGIN
+    -- `recfs catalog copy` computes the summaries once, at its end.
+    IF current_setting('recfs.bulk', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        grown := COALESCE(NEW.size, 0) - COALESCE(OLD.size, 0);
+        IF grown <> 0 THEN
+            UPDATE recfs.days SET bytes = bytes + grown, changed = NEW.changed
+                WHERE pbx = NEW.pbx AND day = NEW.day;
+        END IF;
+        RETURN NULL;
+    END IF;
+    INSERT INTO recfs.days AS s (pbx, day, count, last_call, bytes, changed)
+        VALUES (NEW.pbx, NEW.day, 1, call, COALESCE(NEW.size, 0), NEW.changed)
+        ON CONFLICT (pbx, day) DO UPDATE SET count = s.count + 1,
+            last_call = greatest(s.last_call, excluded.last_call),
+            bytes = s.bytes + excluded.bytes, changed = excluded.changed;
+    IF NEW.type <> '' THEN
+        INSERT INTO recfs.type_days AS s (pbx, type, day, count, last_call, changed)
+            VALUES (NEW.pbx, NEW.type, NEW.day, 1, call, NEW.changed)
+            ON CONFLICT (pbx, type, day) DO UPDATE SET count = s.count + 1,
+                last_call = greatest(s.last_call, excluded.last_call),
+                changed = excluded.changed;
+    END IF;
+    INSERT INTO recfs.numbers AS s (pbx, number, count, last_call, changed)
+        SELECT DISTINCT NEW.pbx, n, 1, call, NEW.changed
+        FROM unnest(ARRAY[NEW.caller, NEW.callee]) AS n WHERE n <> ''
+        ON CONFLICT (pbx, number) DO UPDATE SET count = s.count + 1,
+            last_call = greatest(s.last_call, excluded.last_call), changed = excluded.changed;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS recordings_summaries ON recfs.recordings;
+CREATE TRIGGER recordings_summaries AFTER INSERT OR UPDATE OF size ON recfs.recordings
+    FOR EACH ROW EXECUTE FUNCTION recfs.summarise();
+"""
+
+# The summaries of the PBXs whose recordings `{where}` selects, from the recordings
+# themselves (a migration; the end of a `recfs catalog copy`).
+_SUMMARISE = f"""
+INSERT INTO recfs.days (pbx, day, count, last_call, bytes, changed)
+    SELECT pbx, day, COUNT(*), MAX({_CALL_TIME.format(r="r")}), COALESCE(SUM(size), 0),
+           MAX(changed)
+    FROM recfs.recordings r WHERE {{where}} GROUP BY pbx, day;
+INSERT INTO recfs.type_days (pbx, type, day, count, last_call, changed)
+    SELECT pbx, type, day, COUNT(*), MAX({_CALL_TIME.format(r="r")}), MAX(changed)
+    FROM recfs.recordings r WHERE {{where}} AND type <> '' GROUP BY pbx, type, day;
+INSERT INTO recfs.numbers (pbx, number, count, last_call, changed)
+    SELECT pbx, number, COUNT(*), MAX(call), MAX(changed) FROM (
+        SELECT pbx, caller AS number, ino, {_CALL_TIME.format(r="r")} AS call, changed
+            FROM recfs.recordings r WHERE {{where}} AND caller <> ''
+        UNION
+        SELECT pbx, callee, ino, {_CALL_TIME.format(r="r")}, changed
+            FROM recfs.recordings r WHERE {{where}} AND callee <> '') p
+    GROUP BY pbx, number;
+"""
+
+SCHEMA_VERSION = 3
+
+
+def summarise(db: psycopg.Connection[Any], pbx: str | None) -> None:
+    """Compute the summaries of *pbx* (None: of every PBX), which has none yet."""
+    where = "true" if pbx is None else "pbx = %(pbx)s"
+    for statement in _SUMMARISE.format(where=where).split(";"):
+        if statement.strip():
+            db.execute(statement, {"pbx": pbx} if pbx is not None else None)
+
+
+def _version_2_to_3(db: psycopg.Connection[Any]) -> None:
+    db.execute(_SUMMARIES)
+    summarise(db, None)
+
+
+# MIGRATIONS[n] brings version n to n + 1.
+MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {2: _version_2_to_3}
+
 
 def stored_version(db: psycopg.Connection[Any]) -> int:
     """0 for a database without recfs's tables."""
@@ -221,10 +352,16 @@ def bring_up_to_date(db: psycopg.Connection[Any], shown: str) -> str:
                               f"this recfs knows up to {SCHEMA_VERSION}): upgrade recfs")
         if version == 0:
             db.execute(_TABLES)
-            # PostgreSQL catalogs start at the SQLite schema's current version; later
-            # versions migrate both (a list like recfs/catalog/schema.py's MIGRATIONS).
-            _set_meta(db, "", "schema", str(SCHEMA_VERSION))
+            db.execute(_SUMMARIES)
             _set_meta(db, "", "catalog_id", str(uuid.uuid4()))
+        else:
+            for step in range(version, SCHEMA_VERSION):
+                log.info("catalog %s: schema %d to %d", shown, step, step + 1)
+                # Summing up millions of recordings takes longer than a statement may.
+                db.execute("SET LOCAL statement_timeout = 0")
+                MIGRATIONS[step](db)
+        if version != SCHEMA_VERSION:
+            _set_meta(db, "", "schema", str(SCHEMA_VERSION))
         row = db.execute("SELECT value FROM recfs.meta WHERE pbx = '' AND key = 'catalog_id'"
                          ).fetchone()
         assert row is not None

@@ -100,19 +100,22 @@ CREATE TABLE IF NOT EXISTS type_days (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
+# Which recordings a number took part in (the views' by-number/NUMBER).
+_PARTICIPANTS = """    INSERT INTO participants(number, ino) SELECT NEW.caller, NEW.ino WHERE NEW.caller != ''
+        ON CONFLICT DO NOTHING;
+    INSERT INTO participants(number, ino) SELECT NEW.callee, NEW.ino WHERE NEW.callee != ''
+        ON CONFLICT DO NOTHING;
+"""
+
 # Empty fields take no part in the views.
-_TRIGGERS = """
+_TRIGGERS = f"""
 CREATE TRIGGER recordings_summaries AFTER INSERT ON recordings BEGIN
     INSERT INTO days(day, count, newest, last_call, bytes)
         VALUES (NEW.day, 1, NEW.added, COALESCE(NEW.epoch, CAST(NEW.added AS INTEGER)),
                 COALESCE(NEW.size, 0))
         ON CONFLICT(day) DO UPDATE SET count = count + 1, newest = excluded.newest,
             last_call = max(last_call, excluded.last_call), bytes = bytes + excluded.bytes;
-    INSERT INTO participants(number, ino) SELECT NEW.caller, NEW.ino WHERE NEW.caller != ''
-        ON CONFLICT DO NOTHING;
-    INSERT INTO participants(number, ino) SELECT NEW.callee, NEW.ino WHERE NEW.callee != ''
-        ON CONFLICT DO NOTHING;
-    INSERT INTO numbers(number, count, newest, last_call)
+{_PARTICIPANTS}    INSERT INTO numbers(number, count, newest, last_call)
         SELECT number, 1, NEW.added, COALESCE(NEW.epoch, CAST(NEW.added AS INTEGER))
         FROM (SELECT NEW.caller AS number UNION SELECT NEW.callee) WHERE number != ''
         ON CONFLICT(number) DO UPDATE SET count = count + 1, newest = excluded.newest,
@@ -128,6 +131,28 @@ CREATE TRIGGER recordings_size AFTER UPDATE OF size ON recordings BEGIN
         WHERE day = NEW.day;
 END;
 """
+
+# A replica of a shared catalog (recfs/catalog/replica.py) copies the summaries from
+# PostgreSQL, and holds only some of the recordings until it is complete: its one
+# trigger keeps participants, which says which of the recordings present here a
+# number took part in.
+_SUMMARY_TRIGGERS = ("recordings_summaries", "recordings_size")
+_REPLICA_TRIGGER = f"""
+CREATE TRIGGER IF NOT EXISTS replica_participants AFTER INSERT ON recordings BEGIN
+{_PARTICIPANTS}END;
+"""
+
+
+def make_replica(db: sqlite3.Connection) -> bool:
+    """Give a catalog file a replica's trigger (inside the caller's transaction);
+    True if it had the summary triggers until now."""
+    had = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+                     (_SUMMARY_TRIGGERS[0],)).fetchone() is not None
+    for trigger in _SUMMARY_TRIGGERS:
+        db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+    _run(db, _REPLICA_TRIGGER)
+    return had
+
 
 # The summaries computed from the recordings themselves (what the triggers keep).
 _REBUILD_SUMMARIES = f"""
@@ -244,7 +269,7 @@ def bulk_load(db: sqlite3.Connection, load: Callable[[sqlite3.Connection], None]
     once, and the triggers come back; all in one transaction."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        for trigger in ("recordings_summaries", "recordings_size"):
+        for trigger in _SUMMARY_TRIGGERS:
             db.execute(f"DROP TRIGGER {trigger}")
         load(db)
         _run(db, _REBUILD_SUMMARIES)

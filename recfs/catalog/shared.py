@@ -17,6 +17,13 @@ PBX with an error and the PBX sends again), and the next batch or follow connect
 anew, taking the lock again first: if another ingest mount took it meanwhile, every
 write fails with CatalogBusy and says so, reads go on from the replica.
 
+A new replica (recfs/catalog/replica.py) is filled lazily on reader mounts
+(`lazy=True`): the mount is up as soon as the summaries are copied, a directory's
+recordings are copied when it is first read (`fill`, for CatalogWriter.ensure), the
+rest whenever the thread has nothing else to do. Everything else (ingest mounts,
+`recfs archive`, `recfs backfill`) reads the replica as a whole (the archive queue,
+what may leave the cache), so `open` copies all of it before they start.
+
 Reader mounts (`ingest=False`) write nothing to PostgreSQL: every operation fails.
 `recfs backfill` and `recfs archive` write without the lock (`exclusive=False`),
 beside the PBX's ingest mount, as they do beside a mount with a SQLite catalog.
@@ -35,7 +42,7 @@ from recfs.catalog import postgres as pg
 from recfs.catalog import replica
 from recfs.catalog.database import Catalog, Recording
 from recfs.catalog.postgres import CatalogBusy, CatalogUnavailable, PbxKey, PgSettings
-from recfs.catalog.writer import Pending, fail_all
+from recfs.catalog.writer import NotCopied, Pending, fail_all
 from recfs.pbx.reports import CallRecord
 
 log = logging.getLogger("recfs.catalog.shared")
@@ -57,7 +64,7 @@ WRITE_FAILURES: tuple[type[Exception], ...] = (
 class SharedBackend:
     def __init__(self, settings: PgSettings, pbx: PbxKey, replica_catalog: Catalog, *,
                  ingest: bool, exclusive: bool = True, source: str = "",
-                 archive: str | None = None,
+                 archive: str | None = None, lazy: bool = False,
                  follow_interval: float = FOLLOW_INTERVAL):
         self.settings = settings
         self.pbx = pbx
@@ -66,8 +73,11 @@ class SharedBackend:
         self.exclusive = ingest and exclusive  # holds the PBX's ingest lock
         self.source = source
         self.archive = archive
-        self.follow_interval: float | None = follow_interval
+        self.follow_interval = follow_interval
+        self.lazy = lazy
+        self.complete = True  # until open() has seen the replica
         self.catalog_id = ""
+        self._next_pull = 0.0
         self._pg: psycopg.Connection[Any] | None = None
         self._local: sqlite3.Connection | None = None
         self._retry_at = 0.0
@@ -86,6 +96,24 @@ class SharedBackend:
         self._meta = _TransactionMeta(self._local)
         self._connection()
         self._pull()
+        self.complete = replica.complete(self._local)
+        if not self.complete and not self.lazy:
+            self._fill_all()
+
+    def _fill_all(self) -> None:
+        assert self._local is not None
+        started = last_said = time.monotonic()
+        log.info("copying PBX %s's recordings into the local replica", self.pbx.name)
+        try:
+            while not replica.fill_step(self._connection(), self._local, self.pbx):
+                if time.monotonic() - last_said > 30:
+                    last_said = time.monotonic()
+                    log.info("copying into the local replica: %d recordings so far",
+                             self._local.execute("SELECT COUNT(*) FROM recordings").fetchone()[0])
+        except psycopg.Error as exc:
+            raise CatalogUnavailable(f"catalog {self.settings.shown}: {pg.reason(exc)}") from None
+        self.complete = True
+        log.info("local replica complete in %.1f s", time.monotonic() - started)
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._pg is not None and not self._pg.closed and not self._pg.broken:
@@ -99,7 +127,7 @@ class SharedBackend:
                 if self.exclusive:
                     pg.take_ingest_lock(db, self.pbx.name)
             assert self._local is not None
-            replica.adopt(self._local, self.catalog_id)
+            replica.prepare(self._local, self.catalog_id)
         except psycopg.Error as exc:
             db.close()
             raise CatalogUnavailable(f"catalog {self.settings.shown}: {pg.reason(exc)}") from None
@@ -136,7 +164,7 @@ class SharedBackend:
         if self._local is not None:
             self._local.close()
 
-    # -- the writer thread's two jobs --------------------------------------------
+    # -- the writer thread's jobs: batches, following, filling ----------------------
 
     def transaction(self, batch: list[Pending]) -> Exception | None:
         try:
@@ -161,16 +189,55 @@ class SharedBackend:
         self._pull(meta=bool(self._meta.written))
         return None
 
+    def idle_wait(self) -> float | None:
+        """A replica still being filled keeps the thread busy, unless the database
+        is down (the fill waits for it too)."""
+        if self.complete or (self._pg is None and time.monotonic() < self._retry_at):
+            return self.follow_interval
+        return 0.0
+
     def follow(self) -> bool:
-        """Between batches: pull what other mounts committed; True if anything."""
+        """Between batches: pull what other mounts committed (True if anything),
+        and copy a batch of what a new replica still lacks."""
         if self._pg is None and time.monotonic() < self._retry_at:
             return False
-        return self._pull() > 0
+        pulled = False
+        if time.monotonic() >= self._next_pull or self._pg is None:
+            self._next_pull = time.monotonic() + self.follow_interval
+            pulled = self._pull() > 0
+        if not self.complete and self._pg is not None:
+            assert self._local is not None
+            try:
+                self.complete = replica.fill_step(self._pg, self._local, self.pbx)
+            except psycopg.Error as exc:
+                self._failed(exc)
+            except sqlite3.Error as exc:  # the local disk: the next step tries again
+                log.error("local replica %s: %s", self.replica.path, exc)
+            if self.complete:
+                log.info("local replica of PBX %s complete", self.pbx.name)
+        return pulled
+
+    def fill(self, key: str) -> None:
+        """Copy part *key* into the replica now (someone is listing it); NotCopied
+        if the database or the local disk is not up to it."""
+        if self.complete:
+            return
+        assert self._local is not None
+        if self._pg is None and time.monotonic() < self._retry_at:
+            raise NotCopied(f"{self.last_error}; not in the local replica yet")
+        try:
+            replica.fill(self._connection(), self._local, self.pbx, key)
+        except (psycopg.Error, CatalogUnavailable, CatalogBusy) as exc:
+            self._failed(exc)
+            raise NotCopied(f"{self.last_error}; not in the local replica yet") from None
+        except sqlite3.Error as exc:
+            raise NotCopied(f"local replica {self.replica.path}: {exc}") from None
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "postgresql", "url": self.settings.shown, "pbx": self.pbx.name,
                 "role": "ingest" if self.ingest else "reader", "available": self.available,
-                "problem": self.last_error, "replica": str(self.replica.path)}
+                "problem": self.last_error, "replica": str(self.replica.path),
+                "replica_complete": self.complete}
 
     def _pull(self, *, meta: bool = True) -> int:
         assert self._local is not None

@@ -22,7 +22,9 @@ Rules (read them before touching the catalog):
 - Where the writes go is the writer's `Backend`: the SQLite catalog itself, or a
   shared catalog in PostgreSQL (recfs/catalog/shared.py), whose thread is then also
   the one writer of the local replica this process reads, and follows the other
-  mounts' commits into it between batches.
+  mounts' commits into it between batches. A new replica copies a directory's
+  recordings when it is first looked into (`ensure`), in that thread too, and the
+  rest in its idle time.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
+from cachetools import LRUCache
 
 from recfs.catalog.database import (Catalog, Recording, insert_calls, write_archive_retry,
                                     write_archived, write_content, write_lost, write_meta,
@@ -49,6 +52,16 @@ log = logging.getLogger("recfs.catalog.writer")
 MAX_BATCH = 2000
 
 Operation = Callable[[Any], Any]  # given the backend's connection
+T = TypeVar("T")
+
+# Parts of a lazy replica known to be copied, remembered on the trio side (a miss
+# only costs a trip to the writer thread, which finds the part there).
+FILLED_REMEMBERED = 65_536
+
+
+class NotCopied(Exception):
+    """A part of a shared catalog that the local replica does not hold yet, and that
+    cannot be copied now (the database is down)."""
 
 
 @dataclass
@@ -72,12 +85,15 @@ class Backend(Protocol):
     replica that follows it (recfs/catalog/shared.py). Every method runs in the
     writer thread; the operations run inside `transaction`."""
 
-    follow_interval: float | None  # how often `follow` runs when idle; None: never
+    # False while a new replica still lacks recordings (read by the trio thread: a bool).
+    complete: bool
 
+    def idle_wait(self) -> float | None: ...  # seconds without work before `follow`; None: never
     def open(self) -> None: ...
     def close(self) -> None: ...
     def transaction(self, batch: list[Pending]) -> Exception | None: ...
     def follow(self) -> bool: ...
+    def fill(self, key: str) -> None: ...  # copy a part (recfs/catalog/replica.py); NotCopied
     def describe(self) -> dict[str, Any]: ...  # for status: what, where, whether it answers
 
     # The operations (a *db* is what `transaction` hands them).
@@ -131,7 +147,7 @@ def fail_all(batch: list[Pending], exc: Exception) -> Exception:
 class SqliteBackend:
     """The catalog in one SQLite file (the embedded default)."""
 
-    follow_interval: float | None = None  # CatalogWatch sees other processes' commits
+    complete = True
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
@@ -144,8 +160,14 @@ class SqliteBackend:
         if self._db is not None:
             self._db.close()
 
+    def idle_wait(self) -> float | None:
+        return None  # CatalogWatch sees other processes' commits
+
     def follow(self) -> bool:
         return False
+
+    def fill(self, key: str) -> None:
+        pass  # the catalog itself: every part is here
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "sqlite", "path": str(self.catalog.path), "available": True}
@@ -192,8 +214,10 @@ class CatalogWriter:
         self._queue: list[Pending] = []
         self._wakeup = trio.Event()
         self._running = False
+        # Work for the thread, and what to call (on the trio thread) with its result.
         self._jobs: queue.SimpleQueue[
-            tuple[list[Pending], Callable[[Exception | None], None]] | None] = queue.SimpleQueue()
+            tuple[Callable[[], Any], Callable[[Any], None]] | None] = queue.SimpleQueue()
+        self._filled: LRUCache[str, bool] = LRUCache(FILLED_REMEMBERED)
 
     # -- what callers use --------------------------------------------------------
 
@@ -236,6 +260,28 @@ class CatalogWriter:
 
     async def set_lost(self, ino: int) -> None:
         await self._submit(lambda db: self.backend.write_lost(db, ino))
+
+    async def ensure(self, key: str) -> None:
+        """Before a listing reads part *key* of the catalog (\"day:2024-06-10\",
+        \"number:2001\", \"numbers\"): a new replica of a shared catalog copies it now
+        if it has not yet (recfs/catalog/replica.py); NotCopied if it cannot."""
+        if self.backend.complete or key in self._filled:
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._running:
+            raise RuntimeError("the catalog writer is not running")
+
+        def fill() -> Exception | None:
+            try:
+                self.backend.fill(key)
+            except Exception as exc:  # handed to the caller, not lost in the thread
+                return exc
+            return None
+
+        error = await self._in_thread(fill)
+        if error is not None:
+            raise error
+        self._filled[key] = True
 
     async def _submit(self, operation: Operation) -> Any:
         # A caller cancelled meanwhile (the mount going down) learns that first, not
@@ -294,20 +340,25 @@ class CatalogWriter:
             # commit) and closes its connection.
             await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
 
-    async def _commit(self, batch: list[Pending]) -> None:
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        """*work* in the writer thread, after what was handed to it before."""
         finished = trio.Event()
-        outcome: list[Exception | None] = []
+        outcome: list[T] = []
 
-        def done(error: Exception | None) -> None:
-            outcome.append(error)
+        def done(result: T) -> None:
+            outcome.append(result)
             finished.set()
 
-        self._jobs.put((batch, done))
+        self._jobs.put((work, done))
         await finished.wait()
+        return outcome[0]
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        error = await self._in_thread(lambda: self.backend.transaction(batch))
         self.stats.transactions += 1
-        if outcome[0] is not None:
+        if error is not None:
             self.stats.failed_commits += 1
-            self.stats.last_error = str(outcome[0])
+            self.stats.last_error = str(error)
         for pending in batch:
             pending.done.set()
 
@@ -323,7 +374,7 @@ class CatalogWriter:
         try:
             while True:
                 try:
-                    job = self._jobs.get(timeout=self.backend.follow_interval)
+                    job = self._jobs.get(timeout=self.backend.idle_wait())
                 except queue.Empty:
                     if self.backend.follow() and self.watch is not None:
                         try:
@@ -333,10 +384,10 @@ class CatalogWriter:
                     continue
                 if job is None:
                     return
-                batch, finished = job
-                error = self.backend.transaction(batch)
+                work, finished = job
+                result = work()
                 try:
-                    token.run_sync_soon(finished, error)
+                    token.run_sync_soon(finished, result)
                 except trio.RunFinishedError:
                     return
         finally:

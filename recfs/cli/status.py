@@ -73,8 +73,10 @@ def render(status: dict[str, Any]) -> str:
                      f"received, {reports['rejected']} refused)")
     if catalog.get("kind") == "postgresql":
         state = "answering" if catalog["available"] else f"NOT answering ({catalog['problem']})"
+        copying = "" if catalog.get("replica_complete", True) else \
+            " (copying: directories as they are read, the rest meanwhile)"
         lines.append(f"  catalog:       {catalog['url']} ({catalog['role']}, PBX "
-                     f"{catalog['pbx']}): {state}; local replica {catalog['replica']}")
+                     f"{catalog['pbx']}): {state}; local replica {catalog['replica']}{copying}")
     lines += [
         f"  recordings:    {status['recordings']}",
         f"  cache:         {cache['files']} files, {_size(cache['bytes'])}{limit}, "

@@ -100,10 +100,11 @@ def open_catalog(opts: MountOptions, name: str, *, exclusive: bool = True) -> tu
 def open_replica(settings: PgSettings, pbx: PbxKey, path: Path) -> tuple[
         Catalog, CatalogWatch, CatalogWriter]:
     """A reader mount's view of one PBX of a shared catalog: its local replica, and
-    the writer thread that keeps it (and never writes the shared catalog)."""
+    the writer thread that keeps it (and never writes the shared catalog). A new
+    replica is filled lazily: the mount is up at once, whatever the catalog holds."""
     catalog = Catalog(path, namespace=pbx.namespace)
     watch = CatalogWatch(catalog)
-    backend: Backend = SharedBackend(settings, pbx, catalog, ingest=False)
+    backend: Backend = SharedBackend(settings, pbx, catalog, ingest=False, lazy=True)
     return catalog, watch, CatalogWriter(catalog, watch, backend)
 
 

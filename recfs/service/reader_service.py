@@ -85,7 +85,7 @@ class ReaderService:
                                     recent_problems, time.time())
         self.fs = RecordingsFs(self.catalog, self.content, owner, views=opts.views == "all",
                                top=name, status=self.status.snapshot,
-                               observe_read=observe.read)
+                               observe_read=observe.read, ensure=self.writer.ensure)
 
     async def start(self, nursery: trio.Nursery) -> None:
         await start_writer(nursery, self.writer)

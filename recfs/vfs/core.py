@@ -15,11 +15,12 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from recfs.catalog.database import Catalog, Recording
+from recfs.catalog.writer import NotCopied
 from recfs.content.store import ContentStore, OpenRecording
 from recfs.content.transfer import RecordingLost, TransferFailed
 from recfs.pbx.errors import PbxError
@@ -97,13 +98,28 @@ class Attributes:
         return (self.size + 511) // 512
 
 
+def _part(files: Files) -> str:
+    """The part of the catalog a directory lists (recfs/catalog/replica.py)."""
+    if files[0] == "day":
+        return f"day:{files[1]}"
+    if files[0] == "type-day":
+        return f"day:{files[2]}"
+    if files[0] == "number":
+        return f"number:{files[1]}"
+    return "numbers"
+
+
 class RecordingsFs:
     def __init__(self, catalog: Catalog, content: ContentStore, owner: Owner, *,
                  status: Callable[[], dict[str, Any]], observe_read: Callable[[float], None],
+                 ensure: Callable[[str], Awaitable[None]] | None = None,
                  views: bool = True, top: str = ""):
         """*status*: the mount's state for STATUS_XATTR; *observe_read*: told the
-        seconds each read took (metrics)."""
+        seconds each read took (metrics); *ensure*: makes sure the catalog holds a
+        part before it is listed (CatalogWriter.ensure: a new replica of a shared
+        catalog copies directories on first sight); None: it always does."""
         self.catalog = catalog
+        self.ensure = ensure
         self.content = content
         self.owner = owner
         self.status = status
@@ -194,10 +210,14 @@ class RecordingsFs:
         if child is not None:
             return self.dir_attributes(self.tree.nodes[child])
         if node.files == ("numbers",):
-            known = self.catalog.number(name) if _dir_name_ok(name) else None
+            known = None
+            if _dir_name_ok(name):
+                await self._have(("number", name))
+                known = self.catalog.number(name)
             if known is not None:
                 return self.dir_attributes(self.tree.number_node(name, known[1]))
         elif node.files is not None:
+            await self._have(node.files)
             rec = self.catalog.by_name(name)
             if rec is not None and _belongs(rec, node.files):
                 return await self._exact_file_attributes(rec)
@@ -211,8 +231,19 @@ class RecordingsFs:
 
     # -- listing ----------------------------------------------------------------
 
-    def opendir(self, ino: int) -> int:
-        self._dir(ino)
+    async def _have(self, files: Files) -> None:
+        if self.ensure is None:
+            return
+        try:
+            await self.ensure(_part(files))
+        except NotCopied as exc:
+            log.warning("cannot list %s: %s", "/".join(files[1:]) or files[0], exc)
+            raise FsError(errno.EIO) from None
+
+    async def opendir(self, ino: int) -> int:
+        node = self._dir(ino)
+        if node.files is not None:
+            await self._have(node.files)
         return ino
 
     def readdir(self, ino: int, after: int) -> Iterator[tuple[str, Attributes, int]]:

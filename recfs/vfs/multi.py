@@ -64,9 +64,9 @@ class MultiFs:
             return self._root_attributes()
         return await self._owner(parent).lookup(parent, name)
 
-    def opendir(self, ino: int) -> int:
+    async def opendir(self, ino: int) -> int:
         if ino != ROOT_INO:
-            self._owner(ino).opendir(ino)
+            await self._owner(ino).opendir(ino)
         return ino
 
     def readdir(self, ino: int, after: int) -> Iterator[tuple[str, Attributes, int]]:

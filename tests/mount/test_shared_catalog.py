@@ -3,15 +3,20 @@ S3 archive (SeaweedFS), and a reader mount serving the same tree from them."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
 from tests.mount.harness import RECFS, Mount, the_line, try_mount, wait_for
 from tests.mount.test_archive import s3_options
@@ -164,6 +169,66 @@ def test_database_restart_under_a_stream_of_reports(sim, s3_bucket, postgres_own
     for cdr in made:
         reader.wait_file(cdr, timeout=10)
     assert status(reader)["catalog"]["available"] and status(ingest)["catalog"]["available"]
+
+
+def test_a_new_hosts_reader_is_up_before_it_has_copied_the_catalog(sim, postgres_own, tmp_path):
+    """A reader's first mount of a catalog of 100,000 recordings: up with the
+    summaries alone, a directory copied when it is first read, a directory nobody has
+    read cannot be listed while the database is down (EIO) and can once it is back,
+    and in the background every recording arrives."""
+    url = postgres_own.new_database()
+    made = tmp_path / "made"
+    subprocess.run([sys.executable, str(Path(__file__).parents[2] / "scripts" / "make_catalog.py"),
+                    str(made), "--rows", "100000", "--years", "0.3"],
+                   check=True, capture_output=True, timeout=120)
+    done = subprocess.run([*RECFS, "catalog", "copy", str(made / "catalog.sqlite"), url,
+                           "--name", "site", "-q"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    source = sqlite3.connect(f"file:{made / 'catalog.sqlite'}?mode=ro", uri=True)
+    days = source.execute("SELECT day, count FROM days ORDER BY day").fetchall()
+
+    def on_day(day: str) -> dict[str, int]:
+        return dict(source.execute("SELECT name, ino FROM recordings WHERE day = ?", (day,)))
+
+    (tmp_path / "archive").mkdir()
+    reader = Mount(sim, tmp_path / "reader", f"archive=file://{tmp_path / 'archive'}",
+                   catalog=url)
+    (replica_path,) = reader.state_dir.rglob("replica.sqlite")
+    replica = sqlite3.connect(f"file:{replica_path}?mode=ro", uri=True)
+    assert status(reader)["recordings"] == 100_000
+    assert not status(reader)["catalog"]["replica_complete"]
+    assert replica.execute("SELECT COUNT(*) FROM recordings").fetchone()[0] < 100_000
+
+    oldest = days[0][0]
+    folder = reader.path.joinpath(*oldest.split("-"))
+    assert {name: os.stat(folder / name).st_ino for name in os.listdir(folder)} == on_day(oldest)
+    extension = reader.path / "by-number" / "2001"
+    assert len(os.listdir(extension)) == source.execute(
+        "SELECT count FROM numbers WHERE number = '2001'").fetchone()[0]
+
+    postgres_own.crash()
+    unread = reader.path.joinpath(*days[1][0].split("-"))
+    with pytest.raises(OSError) as refused:
+        os.listdir(unread)
+    assert refused.value.errno == errno.EIO
+    assert len(os.listdir(folder)) == days[0][1]  # copied already: no database needed
+    postgres_own.up()
+
+    def listed() -> bool:
+        try:
+            return set(os.listdir(unread)) == set(on_day(days[1][0]))
+        except OSError:
+            return False
+
+    wait_for(listed, 30, what="the unread day, the database back")
+    wait_for(lambda: status(reader)["catalog"]["replica_complete"], 180,
+             what="the replica complete")
+    assert replica.execute("SELECT COUNT(*) FROM recordings").fetchone()[0] == 100_000
+    shown = subprocess.run([*RECFS, "status", str(reader.path)], capture_output=True, text=True,
+                           timeout=30).stdout
+    assert "copying" not in shown
+    for day, count in days[::10]:
+        assert len(os.listdir(reader.path.joinpath(*day.split("-")))) == count
 
 
 def test_a_single_servers_catalog_moves_into_postgresql(sim, pg_catalog, tmp_path):

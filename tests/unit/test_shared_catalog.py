@@ -17,10 +17,11 @@ import trio
 from recfs.catalog import postgres as pg
 from recfs.catalog.database import Catalog, file_ino
 from recfs.catalog.postgres import CatalogBusy, PbxKey, PgSettings
-from recfs.catalog.schema import SCHEMA_VERSION, SchemaError
+from recfs.catalog.schema import SchemaError
 from recfs.catalog.shared import CatalogReadOnly, SharedBackend
 from recfs.catalog.watch import CatalogWatch
 from recfs.catalog.writer import CatalogWriter
+from recfs.pbx.reports import CallRecord
 from tests.unit.test_catalog_writer import call
 
 PBX = PbxKey("site-a", "")
@@ -161,9 +162,9 @@ def test_schema_is_created_once_and_a_newer_one_refused(pg_catalog):
     db = PgSettings(pg_catalog).connect()
     first = pg.bring_up_to_date(db, "cat")
     assert pg.bring_up_to_date(db, "cat") == first  # idempotent: the same catalog
-    assert pg.stored_version(db) == SCHEMA_VERSION
+    assert pg.stored_version(db) == pg.SCHEMA_VERSION
     db.execute("UPDATE recfs.meta SET value = %s WHERE pbx = '' AND key = 'schema'",
-               (str(SCHEMA_VERSION + 1),))
+               (str(pg.SCHEMA_VERSION + 1),))
     with pytest.raises(SchemaError, match="newer recfs"):
         pg.bring_up_to_date(db, "cat")
 
@@ -259,36 +260,135 @@ async def test_every_writer_at_once_and_a_follower_misses_nothing(pg_catalog, tm
                           ).fetchall() == [("site-a", 900), ("site-b", 300)]
 
 
-async def test_a_new_hosts_first_copy_takes_the_bulk_path_and_matches(pg_catalog, tmp_path,
-                                                                      monkeypatch):
-    """An empty replica with many rows to copy fills in one go (triggers off, the
-    summaries computed once): the same rows, summaries and views as a replica that
-    followed row by row, and it follows on from there."""
+def spread(i: int) -> CallRecord:
+    """Calls over five days, two types, a few numbers (some callers call often)."""
+    day, hour = 1 + i % 5, i % 24
+    return CallRecord(name=f"2024060{day}{hour:02d}0000-{1717000000 + i}.{i}-c{i % 7}-200{i % 2}-"
+                           f"{'Inbound' if i % 3 else 'Outbound'}.wav",
+                      callid=f"{1717000000 + i}.{i}", timestart=f"2024-06-0{day} {hour:02d}:00:00",
+                      caller=f"c{i % 7}", callee=f"200{i % 2}",
+                      type="Inbound" if i % 3 else "Outbound")
+
+
+def views_of(c: Catalog) -> dict[str, object]:
+    """Everything a mount lists, from a catalog."""
+    return {
+        "days": [(d.key, d.recordings, d.last_call) for d in c.days()],
+        "type_days": sorted((d.key, d.recordings, d.last_call) for d in c.type_days()),
+        "numbers": sorted(n[1:] for n in c.numbers(limit=10_000)),
+        "counts": (c.count(), c.known_bytes()),
+        "entries": {day.key: [(r.ino, r.name, r.size) for r in c.day_entries(day.key, limit=10_000)]
+                    for day in c.days()},
+        "by_number": {n: [r.ino for r in c.number_entries(n, limit=10_000)]
+                      for _, n, _ in c.numbers(limit=10_000)},
+    }
+
+
+async def test_a_new_replica_copies_directories_as_they_are_read(pg_catalog, tmp_path,
+                                                                monkeypatch):
+    """A new host's replica starts with the summaries only (PostgreSQL's triggers
+    keep them as SQLite's do); a directory's recordings arrive when it is filled,
+    in batches that resume where they stopped; what is written meanwhile, in filled
+    directories or not, is pulled; filled to the end, it lists what a SQLite catalog
+    fed the same calls lists."""
     from recfs.catalog import replica
-    monkeypatch.setattr(replica, "BULK_FROM", 50)
+    monkeypatch.setattr(replica, "BATCH", 7)
+    plain = CatalogWriter(Catalog(tmp_path / "plain.sqlite"))
     ingest = writer_for(pg_catalog, tmp_path / "ingest.sqlite")
-    bulk = writer_for(pg_catalog, tmp_path / "bulk.sqlite", ingest=False)
+    other = writer_for(pg_catalog, tmp_path / "other.sqlite", PbxKey("site-b", ""))
+
+    async def both(calls: list[CallRecord], size_every: int = 0) -> None:
+        for writer in (plain, ingest):
+            for rec in await writer.add_many(calls, utc_offset=0):
+                assert rec is not None
+                if size_every and rec.ino % size_every == 0:
+                    await writer.set_size(rec.ino, rec.ino % 100_000)
+
     async with trio.open_nursery() as nursery:
-        await nursery.start(ingest.run)
-        for rec in await ingest.add_many([call(i) for i in range(120)], utc_offset=0):
-            assert rec is not None
-            await ingest.set_size(rec.ino, 100 + rec.ino % 1000)
-        await nursery.start(bulk.run)
-        assert bulk.catalog.count() == 120
-        await ingest.add(call(500))
-        with trio.fail_after(5):
-            while bulk.catalog.count() < 121:
-                await trio.sleep(0.02)
+        for writer in (plain, ingest, other):
+            await nursery.start(writer.run)
+        await both([spread(i) for i in range(120)], size_every=3)
+        await other.add_many([spread(i) for i in range(40)])  # not this PBX's
+        local_catalog = Catalog(tmp_path / "lazy.sqlite")
+        local = local_catalog.connect(durable=False)
+        db = PgSettings(pg_catalog).connect()
+        replica.prepare(local, pg.bring_up_to_date(db, "cat"))
+        replica.pull(db, local, PBX)
+        assert not replica.complete(local)
+        assert local.execute("SELECT COUNT(*) FROM recordings").fetchone()[0] == 0
+        expected = views_of(plain.catalog)
+        got = views_of(local_catalog)
+        for key in ("days", "type_days", "counts"):
+            assert got[key] == expected[key]
+
+        replica.fill(db, local, PBX, "day:2024-06-03")
+        assert views_of(local_catalog)["entries"]["2024-06-03"] == expected["entries"]["2024-06-03"]
+        assert views_of(local_catalog)["entries"]["2024-06-01"] == []
+        replica.fill(db, local, PBX, "number:c3")
+        assert local_catalog.number("c3") == plain.catalog.number("c3")
+        assert [r.ino for r in local_catalog.number_entries("c3", limit=1000)] == \
+            expected["by_number"]["c3"]  # type: ignore[index]
+
+        # Written meanwhile: into a filled day, an unfilled one, a new one.
+        await both([spread(i) for i in (200, 202, 205, 1000)] + [
+            CallRecord(name="20240607120000-1.1-c1-2000-Inbound.wav", callid="1.1",
+                       timestart="2024-06-07 12:00:00", caller="c1", callee="2000",
+                       type="Inbound")], size_every=1)
+        replica.pull(db, local, PBX)
+        steps = 0
+        while not replica.fill_step(db, local, PBX):
+            steps += 1
+            if steps == 5:  # a restart in the middle: the next connection goes on
+                local.close()
+                local = local_catalog.connect(durable=False)
+        assert steps > 10  # in batches
+        assert replica.complete(local)
+        assert views_of(local_catalog) == views_of(plain.catalog)
+        db.close()
+        local.close()
         nursery.cancel_scope.cancel()
-    a, b = Catalog(tmp_path / "ingest.sqlite"), Catalog(tmp_path / "bulk.sqlite")
-    assert [(d.key, d.recordings, d.last_call) for d in a.days()] == \
-        [(d.key, d.recordings, d.last_call) for d in b.days()]
-    assert [(d.key, d.recordings) for d in a.type_days()] == \
-        [(d.key, d.recordings) for d in b.type_days()]
-    assert a.known_bytes() == b.known_bytes() > 0
-    assert [n[1:] for n in a.numbers(limit=1000)] == [n[1:] for n in b.numbers(limit=1000)]
-    assert [r.ino for r in a.day_entries("2024-06-10", limit=1000)] == \
-        [r.ino for r in b.day_entries("2024-06-10", limit=1000)]
+
+
+def test_a_catalog_of_schema_2_is_upgraded_in_place(pg_catalog):
+    """The shared catalog as recfs first made it (tests/data/pg_schema_v2.sql), with
+    recordings: upgraded in one go, its summaries computed from them, and kept by
+    the trigger from then on."""
+    db = PgSettings(pg_catalog).connect()
+    db.execute((Path(__file__).parent.parent / "data" / "pg_schema_v2.sql").read_text())
+    db.execute("INSERT INTO recfs.meta (pbx, key, value) VALUES ('', 'schema', '2'), "
+               "('', 'catalog_id', 'old-one')")
+    for i, (day, type_, caller, size) in enumerate([
+            ("2024-01-01", "Inbound", "a", 10), ("2024-01-01", "Outbound", "b", None),
+            ("2024-01-02", "Inbound", "a", 5), ("2024-01-02", "", "a", None)]):
+        db.execute("INSERT INTO recfs.recordings (ino, pbx, name, day, epoch, type, caller, "
+                   "callee, size, added) VALUES (%s, 'p', %s, %s, %s, %s, %s, '2001', %s, 1.5)",
+                   (i + 1, f"n{i}", day, 1000 + i, type_, caller, size))
+    assert pg.bring_up_to_date(db, "cat") == "old-one"
+    assert pg.stored_version(db) == pg.SCHEMA_VERSION == 3
+
+    def summaries() -> tuple[list[tuple], list[tuple], list[tuple]]:
+        return (db.execute("SELECT day, count, last_call, bytes FROM recfs.days ORDER BY day"
+                           ).fetchall(),
+                db.execute("SELECT type, day, count FROM recfs.type_days ORDER BY type, day"
+                           ).fetchall(),
+                db.execute("SELECT number, count, last_call FROM recfs.numbers ORDER BY number"
+                           ).fetchall())
+
+    assert summaries() == (
+        [("2024-01-01", 2, 1001, 10), ("2024-01-02", 2, 1003, 5)],
+        [("Inbound", "2024-01-01", 1), ("Inbound", "2024-01-02", 1),
+         ("Outbound", "2024-01-01", 1)],
+        [("2001", 4, 1003), ("a", 3, 1003), ("b", 1, 1001)])
+    # The trigger from now on: a new call, a size learnt.
+    db.execute("INSERT INTO recfs.recordings (ino, pbx, name, day, epoch, type, caller, callee, "
+               "added) VALUES (9, 'p', 'n9', '2024-01-02', NULL, 'Inbound', 'b', 'b', 2000.7)")
+    db.execute("UPDATE recfs.recordings SET size = 7 WHERE ino = 2")
+    assert summaries() == (
+        [("2024-01-01", 2, 1001, 17), ("2024-01-02", 3, 2000, 5)],
+        [("Inbound", "2024-01-01", 1), ("Inbound", "2024-01-02", 2),
+         ("Outbound", "2024-01-01", 1)],
+        [("2001", 4, 1003), ("a", 3, 1003), ("b", 2, 2000)])
+    db.close()
 
 
 async def test_one_failing_operation_fails_alone(pg_catalog, tmp_path, monkeypatch):
