@@ -18,8 +18,10 @@ Tables (schema `recfs`):
   `changed` numbers of the same sequence.
 - `pbxs`: the PBXs that ingest into this catalog, with the inode namespace each uses.
 - `days`, `type_days`, `numbers`: per PBX, the summaries a listing needs (what the
-  SQLite catalog's triggers keep), kept by a trigger on `recordings`, with `changed`
-  numbers of the same sequence. A replica copies them first, whole (thousands of
+  SQLite catalog's triggers keep), with `changed` numbers of the same sequence. What
+  new recordings add is summed up by the transaction that inserts them and written
+  once before its COMMIT (`Summaries`): a burst of reports would otherwise update
+  today's row once per report. A size learnt later goes in by a trigger. A replica copies them first, whole (thousands of
   rows, even for millions of recordings), and the recordings of a directory only
   when someone looks into it (recfs/catalog/replica.py): a new host's reader mount
   is up in a second, whatever the catalog holds.
@@ -209,8 +211,8 @@ CREATE TRIGGER meta_changed BEFORE INSERT OR UPDATE ON recfs.meta
 # rounds in PostgreSQL, truncates in SQLite).
 _CALL_TIME = "COALESCE({r}.epoch, floor({r}.added)::BIGINT)"
 
-# Version 3: the summaries. `changed` of a summary row is that of the recording that
-# changed it last: the same sequence, under the same commit-order lock.
+# Version 3: the summaries. `changed` of a summary row comes from the same sequence,
+# under the same commit-order lock, as the recordings'.
 _SUMMARIES = f"""
 CREATE TABLE IF NOT EXISTS recfs.days (
     pbx TEXT NOT NULL,
@@ -245,45 +247,28 @@ CREATE INDEX IF NOT EXISTS numbers_changes ON recfs.numbers (pbx, changed);
 CREATE INDEX IF NOT EXISTS recordings_days ON recfs.recordings (pbx, day, ino);
 CREATE INDEX IF NOT EXISTS recordings_callers ON recfs.recordings (pbx, caller, ino);
 CREATE INDEX IF NOT EXISTS recordings_callees ON recfs.recordings (pbx, callee, ino);
-CREATE OR REPLACE FUNCTION recfs.summarise() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    call BIGINT := {_CALL_TIME.format(r="NEW")};
-    grown BIGINT;
+-- The next change number, as recfs.number_change gives one (Summaries.flush).
+CREATE OR REPLACE FUNCTION recfs.next_change() RETURNS BIGINT LANGUAGE plpgsql AS $$
 BEGIN
-    -- `recfs catalog copy` computes the summaries once, at its end.
-    IF current_setting('recfs.bulk', true) = 'on' THEN
-        RETURN NULL;
-    END IF;
-    IF TG_OP = 'UPDATE' THEN
-        grown := COALESCE(NEW.size, 0) - COALESCE(OLD.size, 0);
-        IF grown <> 0 THEN
-            UPDATE recfs.days SET bytes = bytes + grown, changed = NEW.changed
-                WHERE pbx = NEW.pbx AND day = NEW.day;
-        END IF;
-        RETURN NULL;
-    END IF;
+    PERFORM pg_advisory_xact_lock({_CHANGE_LOCK});
+    RETURN nextval('recfs.changes');
+END $$;
+-- A size learnt (downloaded, or listed by a P-Series PBX) after the insert. An
+-- upsert: the transaction that inserted the recording may not have written its
+-- Summaries yet (it does before COMMIT, adding the count to this row).
+CREATE OR REPLACE FUNCTION recfs.count_bytes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO recfs.days AS s (pbx, day, count, last_call, bytes, changed)
-        VALUES (NEW.pbx, NEW.day, 1, call, COALESCE(NEW.size, 0), NEW.changed)
-        ON CONFLICT (pbx, day) DO UPDATE SET count = s.count + 1,
-            last_call = greatest(s.last_call, excluded.last_call),
-            bytes = s.bytes + excluded.bytes, changed = excluded.changed;
-    IF NEW.type <> '' THEN
-        INSERT INTO recfs.type_days AS s (pbx, type, day, count, last_call, changed)
-            VALUES (NEW.pbx, NEW.type, NEW.day, 1, call, NEW.changed)
-            ON CONFLICT (pbx, type, day) DO UPDATE SET count = s.count + 1,
-                last_call = greatest(s.last_call, excluded.last_call),
-                changed = excluded.changed;
-    END IF;
-    INSERT INTO recfs.numbers AS s (pbx, number, count, last_call, changed)
-        SELECT DISTINCT NEW.pbx, n, 1, call, NEW.changed
-        FROM unnest(ARRAY[NEW.caller, NEW.callee]) AS n WHERE n <> ''
-        ON CONFLICT (pbx, number) DO UPDATE SET count = s.count + 1,
-            last_call = greatest(s.last_call, excluded.last_call), changed = excluded.changed;
+        VALUES (NEW.pbx, NEW.day, 0, 0, COALESCE(NEW.size, 0) - COALESCE(OLD.size, 0),
+                NEW.changed)
+        ON CONFLICT (pbx, day) DO UPDATE SET bytes = s.bytes + excluded.bytes,
+            changed = excluded.changed;
     RETURN NULL;
 END $$;
-DROP TRIGGER IF EXISTS recordings_summaries ON recfs.recordings;
-CREATE TRIGGER recordings_summaries AFTER INSERT OR UPDATE OF size ON recfs.recordings
-    FOR EACH ROW EXECUTE FUNCTION recfs.summarise();
+DROP TRIGGER IF EXISTS recordings_bytes ON recfs.recordings;
+CREATE TRIGGER recordings_bytes AFTER UPDATE OF size ON recfs.recordings
+    FOR EACH ROW WHEN (OLD.size IS DISTINCT FROM NEW.size)
+    EXECUTE FUNCTION recfs.count_bytes();
 """
 
 # The summaries of the PBXs whose recordings `{where}` selects, from the recordings
@@ -477,6 +462,74 @@ def _insert(db: psycopg.Connection[Any], pbx: PbxKey, call: CallRecord,
     raise RuntimeError(f"no free inode number for {call.name!r}")
 
 
+class Summaries:
+    """What the recordings a transaction inserts add to the summaries of its PBX,
+    written by `flush` just before the COMMIT: one upsert per summary table and
+    transaction (a batch of reports is one transaction, mostly of one day)."""
+
+    def __init__(self, pbx: str):
+        self.pbx = pbx
+        self.clear()
+
+    def clear(self) -> None:
+        self.days: dict[str, list[int]] = {}  # day: [count, last_call, bytes]
+        self.type_days: dict[tuple[str, str], list[int]] = {}  # (type, day): [count, last_call]
+        self.numbers: dict[str, list[int]] = {}  # number: [count, last_call]
+
+    def add(self, rec: Recording) -> None:
+        # The call's time as the SQLite schema's _MTIME: its start, else when it was added.
+        call = int(rec.mtime)
+        counted = [self.days.setdefault(rec.day, [0, 0, 0])]
+        counted[0][2] += rec.size or 0
+        if rec.call.type:
+            counted.append(self.type_days.setdefault((rec.call.type, rec.day), [0, 0]))
+        for number in {rec.call.caller, rec.call.callee} - {""}:
+            counted.append(self.numbers.setdefault(number, [0, 0]))
+        for summary in counted:
+            summary[0] += 1
+            summary[1] = max(summary[1], call)
+
+    def flush(self, db: psycopg.Connection[Any]) -> None:
+        if self.days:
+            days, counts = list(self.days), list(self.days.values())
+            db.execute(_ADD_DAYS, (self.pbx, days, *_columns(counts, 3)))
+        if self.type_days:
+            keys, counts = list(self.type_days), list(self.type_days.values())
+            db.execute(_ADD_TYPE_DAYS, (self.pbx, [k[0] for k in keys], [k[1] for k in keys],
+                                        *_columns(counts, 2)))
+        if self.numbers:
+            numbers, counts = list(self.numbers), list(self.numbers.values())
+            db.execute(_ADD_NUMBERS, (self.pbx, numbers, *_columns(counts, 2)))
+        self.clear()
+
+
+def _columns(rows: list[list[int]], width: int) -> list[list[int]]:
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+_ADD_DAYS = """
+INSERT INTO recfs.days AS s (pbx, day, count, last_call, bytes, changed)
+    SELECT %s, u.day, u.count, u.last_call, u.bytes, recfs.next_change()
+    FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[])
+        AS u(day, count, last_call, bytes)
+    ON CONFLICT (pbx, day) DO UPDATE SET count = s.count + excluded.count,
+        last_call = greatest(s.last_call, excluded.last_call),
+        bytes = s.bytes + excluded.bytes, changed = excluded.changed"""
+_ADD_TYPE_DAYS = """
+INSERT INTO recfs.type_days AS s (pbx, type, day, count, last_call, changed)
+    SELECT %s, u.type, u.day, u.count, u.last_call, recfs.next_change()
+    FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
+        AS u(type, day, count, last_call)
+    ON CONFLICT (pbx, type, day) DO UPDATE SET count = s.count + excluded.count,
+        last_call = greatest(s.last_call, excluded.last_call), changed = excluded.changed"""
+_ADD_NUMBERS = """
+INSERT INTO recfs.numbers AS s (pbx, number, count, last_call, changed)
+    SELECT %s, u.number, u.count, u.last_call, recfs.next_change()
+    FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS u(number, count, last_call)
+    ON CONFLICT (pbx, number) DO UPDATE SET count = s.count + excluded.count,
+        last_call = greatest(s.last_call, excluded.last_call), changed = excluded.changed"""
+
+
 class MetaView(Protocol):
     """The PBX's meta as the writing transaction sees it (what it wrote, else what
     the replica holds)."""
@@ -486,14 +539,18 @@ class MetaView(Protocol):
 
 
 def insert_calls(db: psycopg.Connection[Any], pbx: PbxKey, calls: list[CallRecord],
-                 utc_offset: int | None, meta: MetaView,
+                 utc_offset: int | None, meta: MetaView, summaries: Summaries,
                  sizes: list[int | None] | None = None) -> list[Recording | None]:
-    """As recfs/catalog/database.py's insert_calls, into the shared catalog. A meta
-    value already there is not written again: each write is a row version, a change
-    number and a copy to every replica, and a burst of reports carries the same
-    offset and nearly the same last_seen."""
+    """As recfs/catalog/database.py's insert_calls, into the shared catalog; what the
+    new recordings add to the summaries goes to *summaries* (the caller flushes it
+    before the COMMIT). A meta value already there is not written again: each write
+    is a row version, a change number and a copy to every replica, and a burst of
+    reports carries the same offset and nearly the same last_seen."""
     known_sizes = sizes if sizes is not None else [None] * len(calls)
     results = [_insert(db, pbx, call, utc_offset, size) for call, size in zip(calls, known_sizes)]
+    for rec in results:
+        if rec is not None:
+            summaries.add(rec)
     newest = max((c.timestart for c in calls if pbx_clock.parse_stamp(c.timestart) is not None),
                  default="")
     if newest and newest > (meta.get("last_seen") or ""):

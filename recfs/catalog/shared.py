@@ -78,11 +78,13 @@ class SharedBackend:
         self.complete = True  # until open() has seen the replica
         self.catalog_id = ""
         self._next_pull = 0.0
+        self._fill_resume = 0.0  # after a local disk error, the background fill waits
         self._pg: psycopg.Connection[Any] | None = None
         self._local: sqlite3.Connection | None = None
         self._retry_at = 0.0
         self._retry_delay = 0.5
         self._meta = _TransactionMeta(None)
+        self._summaries = pg.Summaries(pbx.name)
         self.available = False  # read by status (a bool: one store, no lock needed)
         self.last_error: str | None = None
 
@@ -181,7 +183,7 @@ class SharedBackend:
             for pending in batch:
                 pending.error = exc
             return exc
-        error = _optimistic_batch(db, batch, self._meta)
+        error = _optimistic_batch(db, batch, self._meta, self._summaries)
         if error is not None:
             if db.closed or db.broken:
                 self._failed(error)
@@ -192,7 +194,8 @@ class SharedBackend:
     def idle_wait(self) -> float | None:
         """A replica still being filled keeps the thread busy, unless the database
         is down (the fill waits for it too)."""
-        if self.complete or (self._pg is None and time.monotonic() < self._retry_at):
+        now = time.monotonic()
+        if self.complete or (self._pg is None and now < self._retry_at) or now < self._fill_resume:
             return self.follow_interval
         return 0.0
 
@@ -205,14 +208,16 @@ class SharedBackend:
         if time.monotonic() >= self._next_pull or self._pg is None:
             self._next_pull = time.monotonic() + self.follow_interval
             pulled = self._pull() > 0
-        if not self.complete and self._pg is not None:
+        if not self.complete and self._pg is not None and time.monotonic() >= self._fill_resume:
             assert self._local is not None
             try:
                 self.complete = replica.fill_step(self._pg, self._local, self.pbx)
             except psycopg.Error as exc:
                 self._failed(exc)
-            except sqlite3.Error as exc:  # the local disk: the next step tries again
-                log.error("local replica %s: %s", self.replica.path, exc)
+            except sqlite3.Error as exc:  # the local disk (full?): try again later
+                log.error("local replica %s: %s; copying again in %.0f s", self.replica.path,
+                          exc, RETRY_MAX)
+                self._fill_resume = time.monotonic() + RETRY_MAX
             if self.complete:
                 log.info("local replica of PBX %s complete", self.pbx.name)
         return pulled
@@ -254,7 +259,8 @@ class SharedBackend:
     def insert_calls(self, db: Any, calls: list[CallRecord], utc_offset: int | None,
                      namespace: str, sizes: list[int | None] | None = None
                      ) -> list[Recording | None]:
-        return pg.insert_calls(db, self.pbx, calls, utc_offset, self._meta, sizes)
+        return pg.insert_calls(db, self.pbx, calls, utc_offset, self._meta, self._summaries,
+                               sizes)
 
     def write_size(self, db: Any, ino: int, size: int) -> None:
         pg.write_size(db, self.pbx, ino, size)
@@ -281,7 +287,7 @@ class _OperationFailed(Exception):
 
 
 def _optimistic_batch(db: psycopg.Connection[Any], batch: list[Pending],
-                      meta: _TransactionMeta) -> Exception | None:
+                      meta: _TransactionMeta, summaries: pg.Summaries) -> Exception | None:
     """Every operation of *batch* in one PostgreSQL transaction, as run_batch does
     for SQLite, but without a SAVEPOINT around each (two round trips an operation,
     twice the cost of the operation itself): when one fails, the transaction is
@@ -290,6 +296,7 @@ def _optimistic_batch(db: psycopg.Connection[Any], batch: list[Pending],
     while remaining:
         failed: tuple[Pending, Exception] | None = None
         meta.written.clear()
+        summaries.clear()
         try:
             db.execute("BEGIN")
             for pending in remaining:
@@ -298,6 +305,7 @@ def _optimistic_batch(db: psycopg.Connection[Any], batch: list[Pending],
                 except Exception as exc:
                     failed = (pending, exc)
                     raise _OperationFailed from exc
+            summaries.flush(db)
             db.execute("COMMIT")
             return None
         except _OperationFailed:

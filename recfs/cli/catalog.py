@@ -70,14 +70,11 @@ def copy(source: sqlite3.Connection, settings: PgSettings, pbx: PbxKey, *,
                 columns = ", ".join(["pbx", *RECORDING_COLUMNS])
                 rows = source.execute(f"SELECT {', '.join(RECORDING_COLUMNS)} FROM recordings "
                                       f"ORDER BY ino")
-                # The summaries once at the end, not a trigger's upserts for every row.
-                db.execute("SET LOCAL recfs.bulk = 'on'")
                 with db.cursor().copy(f"COPY recfs.recordings ({columns}) FROM STDIN") as out:
                     while batch := rows.fetchmany(BATCH):
                         for row in batch:
                             out.write_row((pbx.name, *row))
                         progress.advance(len(batch))
-                db.execute("SET LOCAL recfs.bulk = 'off'")
                 pg.summarise(db, pbx.name)
                 for key, value in meta:
                     pg.write_meta(db, pbx, key, value)

@@ -324,8 +324,8 @@ def begin_test() -> None:
 
 def end_test(test_dir: Path | None = None) -> list[str]:
     """Clean up every Mount of the test and check every log; what is wrong, as text
-    (an empty list when all is well). The Sims are left to their owners: their
-    secrets are read as they are now, or as they were when they were stopped."""
+    (an empty list when all is well). The Sims' secrets are read as they are now, or
+    as they were when they were stopped; then any Sim still running is stopped."""
     registry = _current
     failures: list[str] = []
     for mount in registry.mounts:
@@ -335,6 +335,9 @@ def end_test(test_dir: Path | None = None) -> list[str]:
             failures.append(f"cleanup of {mount.path} failed: {error!r}")
 
     secrets = [secret for sim in registry.sims for secret in [sim.password, *sim.issued_secrets()]]
+    for sim in registry.sims:  # one a test made by hand and left running
+        if sim.proc.poll() is None:
+            sim.close()
     secrets += [secret for mount in registry.mounts for secret in _secrets(mount)]
     secrets += [secret for path in _report_secret_files(test_dir)
                 for secret in [path.read_text().strip()] if secret]

@@ -349,6 +349,14 @@ async def test_a_new_replica_copies_directories_as_they_are_read(pg_catalog, tmp
         nursery.cancel_scope.cancel()
 
 
+class _NoMeta:
+    def get(self, key: str) -> str | None:
+        return None
+
+    def put(self, key: str, value: str) -> None:
+        pass
+
+
 def test_a_catalog_of_schema_2_is_upgraded_in_place(pg_catalog):
     """The shared catalog as recfs first made it (tests/data/pg_schema_v2.sql), with
     recordings: upgraded in one go, its summaries computed from them, and kept by
@@ -379,15 +387,24 @@ def test_a_catalog_of_schema_2_is_upgraded_in_place(pg_catalog):
         [("Inbound", "2024-01-01", 1), ("Inbound", "2024-01-02", 1),
          ("Outbound", "2024-01-01", 1)],
         [("2001", 4, 1003), ("a", 3, 1003), ("b", 1, 1001)])
-    # The trigger from now on: a new call, a size learnt.
-    db.execute("INSERT INTO recfs.recordings (ino, pbx, name, day, epoch, type, caller, callee, "
-               "added) VALUES (9, 'p', 'n9', '2024-01-02', NULL, 'Inbound', 'b', 'b', 2000.7)")
+    # From now on: a new call (its transaction adds it up), a size learnt (the trigger),
+    # also of a recording its own transaction inserted.
+    added = pg.Summaries("p")
+    with db.transaction():
+        (rec,) = pg.insert_calls(db, PbxKey("p", ""), [CallRecord(
+            name="20240102000000-9.9-b-b-Inbound.wav", callid="9.9",
+            timestart="2024-01-02 00:00:00", caller="b", callee="b", type="Inbound")],
+            0, _NoMeta(), added)
+        assert rec is not None and rec.day == "2024-01-02"
+        db.execute("UPDATE recfs.recordings SET size = 3 WHERE ino = %s", (rec.ino,))
+        added.flush(db)
     db.execute("UPDATE recfs.recordings SET size = 7 WHERE ino = 2")
+    new_call = 1704153600  # 2024-01-02 00:00:00 UTC
     assert summaries() == (
-        [("2024-01-01", 2, 1001, 17), ("2024-01-02", 3, 2000, 5)],
+        [("2024-01-01", 2, 1001, 17), ("2024-01-02", 3, new_call, 8)],
         [("Inbound", "2024-01-01", 1), ("Inbound", "2024-01-02", 2),
          ("Outbound", "2024-01-01", 1)],
-        [("2001", 4, 1003), ("a", 3, 1003), ("b", 2, 2000)])
+        [("2001", 4, 1003), ("a", 3, 1003), ("b", 2, new_call)])
     db.close()
 
 
