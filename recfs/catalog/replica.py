@@ -30,9 +30,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -157,14 +158,22 @@ def pull(pg: psycopg.Connection[Any], local: sqlite3.Connection, pbx: PbxKey, *,
     """Copy what changed since the last pull; the number of rows copied. *meta*:
     the PBX's meta too (the writer that has just committed knows whether it wrote
     any: one query less after a batch of reports)."""
-    copied = _pull_meta(pg, local, pbx) if meta else 0
     if _meta(local, _RECORDINGS_CURSOR) is None:
         _begin(pg, local, pbx)
-    for summary in _SUMMARIES:
-        copied += _pull(pg, local, pbx, summary.select, _cursor(local, summary.cursor),
-                        lambda rows, s=summary: _put_summaries(local, s, rows, cursor=True))
-    return copied + _pull(pg, local, pbx, _SELECT, _cursor(local, _RECORDINGS_CURSOR),
-                          lambda rows: _put_recordings(local, rows))
+    tables: list[tuple[str, str, Callable[[list[tuple[Any, ...]]], None]]] = [
+        (summary.select, summary.cursor, partial(_put_summaries, local, summary, cursor=True))
+        for summary in _SUMMARIES]
+    tables.append((_SELECT, _RECORDINGS_CURSOR, lambda rows: _put_recordings(local, rows)))
+    if meta:
+        tables.insert(0, (_META_SELECT, _META_CURSOR, lambda rows: _put_meta(local, rows)))
+    # The first batch of each in one round trip (a pull follows every batch of reports).
+    with pg.pipeline():
+        firsts = [pg.execute(select, (pbx.name, _cursor(local, cursor), BATCH))
+                  for select, cursor, _ in tables]
+    copied = 0
+    for (select, cursor, put), first in zip(tables, firsts):
+        copied += _pull(pg, local, pbx, select, put, first.fetchall())
+    return copied
 
 
 def _begin(pg: psycopg.Connection[Any], local: sqlite3.Connection, pbx: PbxKey) -> None:
@@ -184,18 +193,17 @@ def _begin(pg: psycopg.Connection[Any], local: sqlite3.Connection, pbx: PbxKey) 
 
 
 def _pull(pg: psycopg.Connection[Any], local: sqlite3.Connection, pbx: PbxKey, select: str,
-          cursor: int, put: Any) -> int:
+          put: Callable[[list[tuple[Any, ...]]], None], rows: list[tuple[Any, ...]]) -> int:
+    """*rows*: the first batch (changed first); the next ones are asked for."""
     copied = 0
-    while True:
-        rows = pg.execute(select, (pbx.name, cursor, BATCH)).fetchall()
-        if not rows:
-            return copied
+    while rows:
         with _transaction(local):
             put(rows)
         copied += len(rows)
-        cursor = int(rows[-1][0])
         if len(rows) < BATCH:
-            return copied
+            break
+        rows = pg.execute(select, (pbx.name, int(rows[-1][0]), BATCH)).fetchall()
+    return copied
 
 
 def _put_recordings(local: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -212,16 +220,14 @@ def _put_summaries(local: sqlite3.Connection, summary: _Summary, rows: list[tupl
         _set_meta(local, summary.cursor, int(rows[-1][0]))
 
 
-def _pull_meta(pg: psycopg.Connection[Any], local: sqlite3.Connection, pbx: PbxKey) -> int:
-    rows = pg.execute("SELECT changed, key, value FROM recfs.meta WHERE pbx = %s AND changed > %s "
-                      "ORDER BY changed", (pbx.name, _cursor(local, _META_CURSOR))).fetchall()
-    if not rows:
-        return 0
-    with _transaction(local):
-        local.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                          [(key, value) for _, key, value in rows])
-        _set_meta(local, _META_CURSOR, int(rows[-1][0]))
-    return len(rows)
+_META_SELECT = ("SELECT changed, key, value FROM recfs.meta WHERE pbx = %s AND changed > %s "
+                "ORDER BY changed LIMIT %s")
+
+
+def _put_meta(local: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    local.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                      [(key, value) for _, key, value in rows])
+    _set_meta(local, _META_CURSOR, int(rows[-1][0]))
 
 
 # -- filling a new replica ------------------------------------------------------------

@@ -305,8 +305,9 @@ def _optimistic_batch(db: psycopg.Connection[Any], batch: list[Pending],
                 except Exception as exc:
                     failed = (pending, exc)
                     raise _OperationFailed from exc
-            summaries.flush(db)
-            db.execute("COMMIT")
+            with db.pipeline():  # one round trip
+                summaries.flush(db)
+                db.execute("COMMIT")
             return None
         except _OperationFailed:
             assert failed is not None
