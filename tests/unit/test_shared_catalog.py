@@ -349,6 +349,34 @@ async def test_a_new_replica_copies_directories_as_they_are_read(pg_catalog, tmp
         nursery.cancel_scope.cancel()
 
 
+async def test_a_replica_from_before_lazy_filling_is_taken_as_complete(pg_catalog, tmp_path):
+    """The previous release's replicas were full copies with SQLite's summary
+    triggers: kept as they are (complete), the triggers swapped for the replica's
+    one, the summaries taken from PostgreSQL from then on."""
+    from recfs.catalog import replica
+    from recfs.catalog.schema import _TRIGGERS, _run
+    ingest = writer_for(pg_catalog, tmp_path / "ingest.sqlite")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ingest.run)
+        await ingest.add_many([spread(i) for i in range(30)], utc_offset=0)
+        nursery.cancel_scope.cancel()
+    old = Catalog(tmp_path / "ingest.sqlite").connect()  # made into what the old one was
+    old.execute("DROP TRIGGER replica_participants")
+    _run(old, _TRIGGERS)
+    old.execute("DELETE FROM meta WHERE key IN ('replica_fill', 'replica_days', "
+                "'replica_type_days', 'replica_numbers')")
+    old.execute("UPDATE days SET count = count + 1000")  # its own sums: replaced by PostgreSQL's
+    db = PgSettings(pg_catalog).connect()
+    replica.prepare(old, pg.bring_up_to_date(db, "cat"))
+    assert replica.complete(old)
+    assert [r[0] for r in old.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")] \
+        == ["replica_participants"]
+    replica.pull(db, old, PBX)
+    assert old.execute("SELECT SUM(count) FROM days").fetchone()[0] == 30
+    db.close()
+    old.close()
+
+
 class _NoMeta:
     def get(self, key: str) -> str | None:
         return None
