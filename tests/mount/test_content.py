@@ -284,7 +284,10 @@ def test_prefetch_all_brings_the_catalog_in_newest_first(sim, mount_factory):
     assert first.unmount() == 0
     assert sim.stats()["downloads"] == {} or sum(sim.stats()["downloads"].values()) == 0
     second = mount_factory("prefetch=all", "max_downloads=1")  # the same state and cache
-    wait_for(lambda: "prefetch=all done" in second.log(), 30, what="prefetch=all")
+    # "cached" is logged once the catalog has the download's hash: the walk may have
+    # moved on (and ended) by then.
+    wait_for(lambda: "prefetch=all done" in second.log()
+             and len(re.findall(r"cached (\S+) \(", second.log())) >= 5, 30, what="prefetch=all")
     names = re.findall(r"cached (\S+) \(", second.log())
     newest_first = [c["recording"] for c in sorted(
         cdrs, key=lambda c: tuple(map(int, c["callid"].split("."))), reverse=True)]
