@@ -62,7 +62,8 @@ from recfs.service.config import MountOptions, OptionError, build_options, split
 from recfs.catalog.shared import WRITE_FAILURES
 from recfs.service.mountpoint import MountError, expected_failure
 from recfs.service.parts import PbxParts, open_pbx, start_writer
-from recfs.content.archiver import fd_sha256, metadata_of
+from recfs.content.archiver import metadata_of
+from recfs.content.cache import fd_sha256
 
 log = logging.getLogger("recfs.archive")
 

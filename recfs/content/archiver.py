@@ -16,7 +16,6 @@ SHA-256 yet) are adopted once after start: hashed from the cache and queued.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import os
@@ -30,7 +29,7 @@ from recfs.archive import ArchiveError, ArchiveStore, PutOutcome, key_for
 from recfs.catalog.database import Archive, Catalog, Recording
 from recfs.catalog.shared import WRITE_FAILURES
 from recfs.catalog.writer import CatalogWriter
-from recfs.content.cache import DiskCache
+from recfs.content.cache import DiskCache, fd_sha256
 
 log = logging.getLogger("recfs.archive")
 
@@ -40,7 +39,6 @@ RECHECK = 30.0
 FIRST_PAUSE = 10.0
 MAX_PAUSE = 3600.0
 CATALOG_PAUSE = 5.0  # seconds, after the catalog could not record an upload
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -59,17 +57,6 @@ def metadata_of(rec: Recording) -> dict[str, str]:
     fields = {"callid": call.callid, "caller": call.caller, "callee": call.callee,
               "type": call.type, "timestart": call.timestart}
     return {key: value for key, value in fields.items() if value}
-
-
-def fd_sha256(fd: int) -> tuple[int, str]:
-    """(size, SHA-256) of an open file, read from its start; blocking: run it in a
-    thread."""
-    digest = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, _HASH_CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    return offset, digest.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike[str]) -> tuple[int, str]:

@@ -23,6 +23,7 @@ download is discarded, never committed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -105,6 +106,23 @@ def pwrite_all(fd: int, view: memoryview, offset: int, evict: Callable[[int], in
             continue
         view = view[written:]
         offset += written
+
+
+_HASH_CHUNK = 1 << 20
+
+
+def fd_sha256(fd: int) -> tuple[int, str]:
+    """(size, SHA-256) of an open file, read from its start; blocking: run it in a
+    thread. One reused buffer, not a new 1 MiB object per read (as os.pread
+    would make); both calls release the GIL."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_HASH_CHUNK)
+    view = memoryview(buffer)
+    offset = 0
+    while count := os.preadv(fd, [buffer], offset):
+        digest.update(view[:count])
+        offset += count
+    return offset, digest.hexdigest()
 
 
 class DiskCache:

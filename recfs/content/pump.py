@@ -4,12 +4,13 @@ The trio thread also answers FUSE; a download read there costs it one trip throu
 httpcore, h11 and httpx per TLS read, and the bytes are copied four times on the
 way. Here a reader thread reads the socket (`RecordingBody.read_into`: OpenSSL
 decrypts straight into a reused buffer with the GIL released) and hands the filled
-buffer to a writer thread, which hashes it and `pwrite`s it into the partial file
-(both release the GIL too) and tells trio how far it got. The two overlap: while
-one buffer is hashed and written, the next is decrypted (a small ring of reused
-buffers between them). One thread doing all three one after the other was slower
-in six of nine same-run comparisons (median 8 %); hashing in the reader instead
-of the writer was slower than this (the README's benchmark section has figures).
+buffer to a writer thread, which `pwrite`s it into the partial file (releasing the
+GIL too) and tells trio how far it got. The two overlap: while one buffer is
+written, the next is decrypted (a small ring of reused buffers between them).
+The bytes are not hashed here: the SHA-256 the catalog keeps is taken from the
+complete cache file once every reader has its bytes (ContentStore._record_content),
+which kept 0.5 ms per MiB off the path a streaming reader waits on (the README's
+benchmark section has figures, also of what else was tried).
 
 Which thread touches what (the rule of this module):
 - The reader thread touches only the download's socket (through `read_into`), the
@@ -17,7 +18,6 @@ Which thread touches what (the rule of this module):
   buffer to the writer through the ring (`_Ring`) and does not touch it again
   until the writer gives it back.
 - The writer thread touches only the partial file's descriptor (`os.pwrite`), the
-  SHA-256 object (every byte read, in order, also those on disk already), the
   buffers it was handed, and the `Leg` fields marked "writer"; of the Transfer it
   reads only `fd` and `size`, which do not change while it runs. It writes every
   byte the reader read (pausing does not drop any: the next leg goes on from
@@ -46,7 +46,6 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import trio
 
@@ -122,11 +121,10 @@ class Leg:
     transfer is abandoned (pause) or stopped."""
 
     def __init__(self, transfer: Transfer, body: RecordingBody, cache: DiskCache,
-                 digest: Any, position: int, skip: int, on_bytes: Callable[[int], None]):
+                 position: int, skip: int, on_bytes: Callable[[int], None]):
         self.transfer = transfer
         self.body = body
         self.cache = cache
-        self.digest = digest  # writer
         self.skip = skip  # bytes before this are on disk already (an earlier attempt)
         self.on_bytes = on_bytes  # trio thread: bytes written to the cache, for stats
         self.position = position  # reader: bytes of the body read so far
@@ -287,7 +285,6 @@ class Leg:
         while (item := ring.take_full()) is not None:
             buffer, count, start = item
             chunk = memoryview(buffer)[:count]
-            self.digest.update(chunk)
             end = start + count
             if end > self.skip:
                 if start < self.skip:

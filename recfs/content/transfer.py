@@ -43,7 +43,9 @@ class Transfer:
         self.name = name
         self.archive_key = archive_key
         self.expected_sha256 = sha256
-        self.sha256: str | None = None  # of the bytes of the attempt that completed
+        # Of the complete file: from the archive, as it came (checked against the
+        # expected one); from the PBX, once complete (ContentStore._record_content).
+        self.sha256: str | None = None
         self.size = size  # known from the catalog, Content-Length or the WAV header
         self.fd = fd  # the partial file, written only by the download task (or its writer thread, pump.py)
         self.have = 0  # bytes [0, have) are on disk

@@ -7,11 +7,15 @@ byte is written, so a wrong server never sees the login (with the password hash)
 a token or a random.
 
 Every PBX connection runs on `_SocketBackend`, an httpcore network backend for trio
-that lets OpenSSL read and write the kernel socket itself (an `ssl.SSLSocket` in
-non-blocking mode, trio only waiting for readiness), rather than trio's SSLStream,
-which pumps TLS through a MemoryBIO in Python, one 16 KiB record per call, on the
-thread that also answers FUSE. OpenSSL still does all of TLS here, with the same
-context (CA or pin, SNI, host-name check).
+over a non-blocking socket (trio only waits for readiness) and an `ssl.SSLObject`
+between two memory BIOs (`_Tls`). OpenSSL does all of TLS, with the same context
+(CA or pin, SNI, host-name check); the socket's bytes are moved in and out of it
+here, with one `recv` for all the records that have arrived: an `ssl.SSLSocket`
+lets OpenSSL read the socket itself, two `read()`s per 16 KiB record (its header,
+then the rest; Python's `ssl` has no read-ahead), which cost a download reader
+0.19 ms per MiB more CPU (README, `wire`). Unlike trio's SSLStream (a MemoryBIO
+too), a read here gathers every record there is in one call, and a download's body
+is read by a worker thread (`SocketBody`), not on the thread that answers FUSE.
 
 `PbxTransport` is the httpx transport on top: a public `httpcore.AsyncConnectionPool`
 built on that backend, and the translation between httpx's and httpcore's requests,
@@ -34,7 +38,8 @@ import httpx
 import trio
 
 # What one read() may gather: whole TLS records already decrypted or waiting in
-# the kernel, up to this many bytes, in one call (httpcore asks for 64 KiB).
+# the kernel, up to this many bytes, in one call (httpcore asks for 64 KiB); and
+# the most ciphertext taken off the socket by one recv.
 _READ_MAX = 256 * 1024
 
 
@@ -84,16 +89,59 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _Tls:
+    """OpenSSL's side of one connection: an `ssl.SSLObject` between two memory BIOs.
+    Ciphertext goes in with `pull` and out with `push`; used by one thread at a time
+    (the trio thread, or a download's reader thread while it owns the body)."""
+
+    def __init__(self, context: ssl.SSLContext, server_hostname: str | None,
+                 session: ssl.SSLSession | None):
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing,
+                                    server_hostname=server_hostname, session=session)
+        self._unsent = b""  # taken out of `outgoing`, not accepted by the socket yet
+
+    def read_into(self, view: memoryview) -> int:
+        """Decrypt what the incoming BIO holds into *view*, one record at most;
+        ssl.SSLWantReadError when it needs more."""
+        # With a buffer, read() gives the count (typeshed says bytes).
+        return typing.cast(int, self.obj.read(len(view), view))
+
+    def pull(self, sock: socket.socket, buffer: memoryview) -> None:
+        """What has arrived on *sock* (all of it, up to len(buffer)), into OpenSSL;
+        the end of the connection as an EOF. BlockingIOError if nothing is there."""
+        count = sock.recv_into(buffer)
+        if count:
+            self.incoming.write(buffer[:count])
+        else:
+            self.incoming.write_eof()
+
+    def push(self, sock: socket.socket) -> bool:
+        """Send what OpenSSL has written, in one `send` when the socket takes it;
+        False if some is left (wait until writable, then push again)."""
+        data = self._unsent + self.outgoing.read() if self.outgoing.pending else self._unsent
+        if data:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            self._unsent = data[sent:]
+        return not self._unsent
+
+
 class _SocketStream(httpcore.AsyncNetworkStream):
-    """A connected non-blocking socket, plain or `ssl.SSLSocket`, driven from trio.
+    """A connected non-blocking socket, plain or with TLS (`_Tls`), driven from trio.
 
     Only one task uses a stream at a time (httpcore's connection lock), so no
     further locking. Every call is a trio checkpoint, also when the bytes are
     already there: a fast PBX must not starve the FUSE requests on the same loop."""
 
-    def __init__(self, sock: socket.socket, backend: "_SocketBackend", peer: tuple[str, int]):
+    def __init__(self, sock: socket.socket, backend: "_SocketBackend", peer: tuple[str, int],
+                 tls: _Tls | None = None):
         self._sock = sock
-        self._backend = backend  # the pin, the session memory, the read buffer
+        self._tls = tls
+        self._backend = backend  # the pin, the session memory, the read buffers
         self._peer = peer
         self._closed = False
 
@@ -104,8 +152,8 @@ class _SocketStream(httpcore.AsyncNetworkStream):
         sock = self._sock
         try:
             with trio.fail_after(_deadline(timeout)):
-                if isinstance(sock, ssl.SSLSocket):
-                    data = await self._read_tls(sock)
+                if self._tls is not None:
+                    data = await self._read_tls(sock, self._tls)
                 else:
                     data = await self._read_plain(sock, max_bytes)
         except trio.TooSlowError:
@@ -124,32 +172,32 @@ class _SocketStream(httpcore.AsyncNetworkStream):
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
 
-    async def _read_tls(self, sock: ssl.SSLSocket) -> bytes:
+    async def _read_tls(self, sock: socket.socket, tls: _Tls) -> bytes:
         """Whatever TLS records are there, up to _READ_MAX bytes (more than httpcore
         asks for: fewer, larger chunks for h11 and the cache writes).
 
-        The buffer is the backend's, shared by its streams, rather than one per
+        The buffers are the backend's, shared by its streams, rather than one per
         stream, which would be allocated and zeroed anew for every connection (and
-        the PBX takes a new connection per request, two per recording). It is
+        the PBX takes a new connection per request, two per recording). They are
         filled and copied out with no checkpoint in between, so no other stream's
         read can come in the middle."""
         view = memoryview(self._backend.buffer)
+        cipher = memoryview(self._backend.cipher)
         limit = len(view)
         got = 0
         while got < limit:
             if self._closed:
                 raise httpcore.ReadError("connection closed")
             try:
-                n = sock.recv_into(view[got:], limit - got)
+                n = tls.read_into(view[got:])
             except ssl.SSLWantReadError:
-                if got:
-                    break  # what there is now; the next call waits
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except ssl.SSLWantWriteError:
-                if got:
-                    break
-                await trio.lowlevel.wait_writable(sock)
+                tls.push(sock)  # an answer OpenSSL may owe (TLS 1.3 key update)
+                try:
+                    tls.pull(sock, cipher)
+                except BlockingIOError:
+                    if got:
+                        break  # what there is now; the next call waits
+                    await trio.lowlevel.wait_readable(sock)
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 # close_notify, or a TCP close without one: an end of stream, as
@@ -168,19 +216,21 @@ class _SocketStream(httpcore.AsyncNetworkStream):
         if not buffer:
             return
         sock = self._sock
+        tls = self._tls
         view = memoryview(buffer)
         try:
             with trio.fail_after(_deadline(timeout)):
+                if tls is not None:
+                    while view:  # into the outgoing BIO: all of it, encrypted
+                        view = view[tls.obj.write(view):]
+                    await self._push(tls)
                 while view:
                     if self._closed:
                         raise httpcore.WriteError("connection closed")
                     try:
                         sent = sock.send(view)
-                    except (BlockingIOError, ssl.SSLWantWriteError):
+                    except BlockingIOError:
                         await trio.lowlevel.wait_writable(sock)
-                        continue
-                    except ssl.SSLWantReadError:
-                        await trio.lowlevel.wait_readable(sock)
                         continue
                     view = view[sent:]
         except trio.TooSlowError:
@@ -188,6 +238,12 @@ class _SocketStream(httpcore.AsyncNetworkStream):
         except (OSError, ValueError) as exc:
             raise httpcore.WriteError(_reason(exc)) from exc
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _push(self, tls: _Tls) -> None:
+        while not tls.push(self._sock):
+            if self._closed:
+                raise OSError("connection closed")
+            await trio.lowlevel.wait_writable(self._sock)
 
     # -- the rest ------------------------------------------------------------
 
@@ -200,24 +256,28 @@ class _SocketStream(httpcore.AsyncNetworkStream):
         backend = self._backend
         key = (ssl_context, self._peer)
         session = backend.sessions.get(key)
+        sock = self._sock
         try:
-            tls = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname,
-                                          do_handshake_on_connect=False, session=session)
+            tls = _Tls(ssl_context, server_hostname, session)
         except (OSError, ValueError) as exc:
             await self.aclose()
             raise httpcore.ConnectError(_reason(exc)) from exc
-        self._closed = True  # the plain socket's descriptor now belongs to `tls`
-        stream = _SocketStream(tls, backend, self._peer)
+        self._closed = True  # the socket now belongs to the TLS stream
+        stream = _SocketStream(sock, backend, self._peer, tls)
+        cipher = memoryview(backend.cipher)
         try:
             with trio.fail_after(_deadline(timeout)):
                 while True:
                     try:
-                        tls.do_handshake()
+                        tls.obj.do_handshake()
                         break
                     except ssl.SSLWantReadError:
-                        await trio.lowlevel.wait_readable(tls)
-                    except ssl.SSLWantWriteError:
-                        await trio.lowlevel.wait_writable(tls)
+                        await stream._push(tls)
+                        try:
+                            tls.pull(sock, cipher)
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_readable(sock)
+                await stream._push(tls)  # the handshake's last flight
         except trio.TooSlowError:
             await stream.aclose()
             raise httpcore.ConnectTimeout("timed out in the TLS handshake") from None
@@ -228,19 +288,24 @@ class _SocketStream(httpcore.AsyncNetworkStream):
             stream._close_now()
             raise
         if backend.pin is not None:
-            der = tls.getpeercert(binary_form=True)
+            der = tls.obj.getpeercert(binary_form=True)
             if der is None or hashlib.sha256(der).digest() != backend.pin:
                 await stream.aclose()
                 raise PinMismatch("the PBX's certificate does not match the pinned fingerprint")
         stream._session_key = key  # a session worth offering again
         backend.sessions.handshakes += 1
-        backend.sessions.resumed += bool(tls.session_reused)
+        backend.sessions.resumed += bool(tls.obj.session_reused)
         return stream
 
     def _close_now(self) -> None:
         if not self._closed:
             self._closed = True
             self._keep_session()
+            if self._tls is not None:
+                # What OpenSSL still has to say, as an SSLSocket would have said it:
+                # an alert after a failed handshake (best effort, no waiting).
+                with contextlib.suppress(OSError):
+                    self._tls.push(self._sock)
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
 
@@ -249,13 +314,13 @@ class _SocketStream(httpcore.AsyncNetworkStream):
     def _keep_session(self) -> None:
         """Remember the TLS session for the next connection to this PBX (read at
         the end: TLS 1.3 tickets arrive after the handshake)."""
-        sock = self._sock
-        if self._session_key is None or not isinstance(sock, ssl.SSLSocket):
+        if self._session_key is None or self._tls is None:
             return
+        tls = self._tls.obj
         try:
-            if sock.session_reused:
+            if tls.session_reused:
                 return  # the session already remembered is still good
-            session = sock.session
+            session = tls.session
         except (OSError, ValueError):
             return
         if session is not None:
@@ -264,7 +329,7 @@ class _SocketStream(httpcore.AsyncNetworkStream):
     def get_extra_info(self, info: str) -> typing.Any:
         sock = self._sock
         if info == "ssl_object":
-            return sock if isinstance(sock, ssl.SSLSocket) else None
+            return self._tls.obj if self._tls is not None else None
         if info == "socket":
             return sock
         if info == "client_addr":
@@ -273,7 +338,7 @@ class _SocketStream(httpcore.AsyncNetworkStream):
             return sock.getpeername()
         if info == "is_readable":
             # As httpcore's own backends: readable on an idle connection means closed.
-            if self._closed:
+            if self._closed or (self._tls is not None and self._tls.incoming.pending):
                 return True
             try:
                 return bool(select.select([sock], [], [], 0)[0])
@@ -287,10 +352,16 @@ class Interrupted(Exception):
     pause or stop)."""
 
 
+# Ciphertext buffers of the reader threads (SocketBody), reused: a zeroed 256 KiB
+# per download is measurable on small recordings.
+_cipher_buffers: list[bytearray] = []
+
+
 class SocketBody:
     """The rest of a response body of known length, read straight off a connection of
-    `_SocketBackend` by a worker thread, past h11: OpenSSL decrypts into the caller's
-    buffer with the GIL released, with no copy and no trio round trip per record.
+    `_SocketBackend` by a worker thread, past h11: what has arrived is taken off the
+    socket in one `recv` and OpenSSL decrypts it into the caller's buffer with the
+    GIL released, with no trio round trip per record.
 
     Taken only between two reads of httpcore's (h11 then holds none of the body: it
     hands out all it has buffered at once), and only while httpcore's connection
@@ -301,6 +372,8 @@ class SocketBody:
     def __init__(self, stream: httpcore.AsyncNetworkStream, remaining: int, timeout: float | None):
         assert isinstance(stream, _SocketStream)
         self._sock = stream._sock
+        self._tls = stream._tls
+        self._cipher = _cipher_buffers.pop() if _cipher_buffers else bytearray(_READ_MAX)
         self.remaining = remaining  # bytes of the body not read yet
         self._timeout_ms = -1 if timeout is None else max(1, int(timeout * 1000))
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -313,20 +386,34 @@ class SocketBody:
         timeout without a byte, Interrupted when woken, OSError (ssl.SSLError) when
         the connection fails."""
         sock = self._sock
+        tls = self._tls
+        cipher = memoryview(self._cipher)
         limit = min(len(view), self.remaining)
         got = 0
         while got < limit:
             try:
-                n = sock.recv_into(view[got:limit])
-            except (ssl.SSLWantReadError, BlockingIOError):
+                if tls is None:
+                    n = sock.recv_into(view[got:limit])
+                else:
+                    n = tls.read_into(view[got:limit])
+            except ssl.SSLWantReadError:
+                assert tls is not None
+                if not tls.push(sock):  # an answer OpenSSL owes (TLS 1.3 key update)
+                    self._wait(select.POLLOUT)
+                    continue
+                try:
+                    tls.pull(sock, cipher)
+                    continue
+                except BlockingIOError:
+                    pass
                 if got:
                     break
                 self._wait(select.POLLIN)
                 continue
-            except ssl.SSLWantWriteError:
+            except BlockingIOError:
                 if got:
                     break
-                self._wait(select.POLLOUT)
+                self._wait(select.POLLIN)
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 n = 0  # as _read_tls: an end of stream; the caller checks the length
@@ -361,7 +448,9 @@ class SocketBody:
             pass
 
     def close(self) -> None:
+        """After the reader thread has returned."""
         os.close(self._wake)
+        _cipher_buffers.append(self._cipher)
 
 
 class _SocketBackend(httpcore.AsyncNetworkBackend):
@@ -378,7 +467,10 @@ class _SocketBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, pin: bytes | None = None):
         self.pin = pin
         self.sessions = TlsSessions()
-        self.buffer = bytearray(_READ_MAX)  # for every stream's TLS reads (_read_tls)
+        # For every stream's TLS reads on the trio thread (_read_tls, the handshake):
+        # the plaintext gathered, and the ciphertext taken off the socket.
+        self.buffer = bytearray(_READ_MAX)
+        self.cipher = bytearray(_READ_MAX)
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         try:
