@@ -54,8 +54,8 @@ CREATE INDEX IF NOT EXISTS recordings_lost ON recordings(ino) WHERE lost = 1;
 # A recording's mtime: the call's start, or when it was added if nothing dates it.
 _MTIME = "COALESCE(epoch, CAST(added AS INTEGER))"
 
-# The indexes a listing walks (a bulk load builds them at the end, from sorted data).
-LISTING_INDEXES = """
+# The indexes a listing walks.
+_LISTING_INDEXES = """
 CREATE INDEX IF NOT EXISTS recordings_by_day ON recordings(day, ino);
 CREATE INDEX IF NOT EXISTS recordings_by_type_day ON recordings(type, day, ino);
 """
@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     added REAL NOT NULL,
     {", ".join(ARCHIVE_COLUMNS)}
 );
-{LISTING_INDEXES}CREATE TABLE IF NOT EXISTS days (
+{_LISTING_INDEXES}CREATE TABLE IF NOT EXISTS days (
     day TEXT PRIMARY KEY,
     count INTEGER NOT NULL,
     newest REAL NOT NULL,

@@ -34,7 +34,7 @@ from recfs.http.server import BACKLOG
 from recfs.ingest.receiver import ReportRouter, serve_reports
 from recfs.logs import redact
 from recfs.service import systemd
-from recfs.service.config import MountOptions, OptionError
+from recfs.service.config import MountOptions
 from recfs.service.first_contact import contact_all
 from recfs.service.metrics import Metrics, serve_metrics
 from recfs.service.mountpoint import EX_CONFIG, MountError, expected_failure, prepare_mountpoint

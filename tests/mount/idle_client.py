@@ -8,7 +8,6 @@ import json
 import ssl
 import time
 
-import httpx
 import trio
 import trio_websocket
 
