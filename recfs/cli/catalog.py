@@ -23,6 +23,9 @@ from recfs.catalog.postgres import (RECORDING_COLUMNS, CatalogConfigError, Catal
 from recfs.catalog.schema import SCHEMA_VERSION, SchemaError, stored_version
 from recfs.progress import terminal_progress
 
+# The SQLite schema versions whose recordings the copy reads (3 only added an index).
+COPIED_SCHEMAS = (2, SCHEMA_VERSION)
+
 BATCH = 10_000
 
 
@@ -127,12 +130,17 @@ def main(argv: list[str]) -> int:
 
 
 def check_version(db: sqlite3.Connection, path: str) -> None:
-    """The copy reads the current schema: an older catalog must be opened by recfs
-    (a mount, or `recfs backfill`) once first, which upgrades it in place."""
+    """The copy reads the columns of schema 2 on (3 only added an index): an older
+    catalog must be opened by recfs (a mount, or `recfs backfill`) once first, which
+    upgrades it in place; a newer one is refused."""
     version = stored_version(db)
     if version == 0:
         raise CopyError("not a recfs catalog (no recordings table)")
-    if version != SCHEMA_VERSION:
-        raise CopyError(f"catalog schema {version}, this recfs copies {SCHEMA_VERSION}: "
+    oldest, newest = COPIED_SCHEMAS
+    if version < oldest:
+        raise CopyError(f"catalog schema {version}, this recfs copies {oldest} to {newest}: "
                         f"mount it once with this recfs to upgrade it, then copy")
+    if version > newest:
+        raise CopyError(f"catalog schema {version} was written by a newer recfs "
+                        f"(this one knows up to {newest}): upgrade recfs")
 

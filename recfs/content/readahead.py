@@ -69,7 +69,7 @@ class ReadAhead:
 
     def _next(self, day: str, walk: _Walk) -> Recording | None:
         while True:
-            batch = self.catalog.day_entries(day, walk.cursor, _BATCH)
+            batch = self.catalog.in_day(day, walk.cursor, _BATCH)
             if not batch:
                 return None
             for rec in batch:

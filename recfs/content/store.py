@@ -46,7 +46,7 @@ import trio
 from cachetools import LRUCache, TTLCache
 
 from recfs.archive import ArchiveDownload, ArchiveError, ArchiveStore, NotInArchive, key_for
-from recfs.catalog.database import Archive, Catalog, Recording
+from recfs.catalog.database import Archive, Catalog, Listed, Recording
 from recfs.catalog.writer import CatalogWriter
 from recfs.content.cache import CacheFull, DiskCache, fd_sha256
 from recfs.content.readahead import ReadAhead
@@ -151,7 +151,7 @@ class ContentStore:
 
     # -- what the filesystem asks ---------------------------------------------------
 
-    def known_size(self, rec: Recording) -> int | None:
+    def known_size(self, rec: Recording | Listed) -> int | None:
         """The exact size without touching the network, if it is known at all."""
         if rec.size is not None:
             return rec.size

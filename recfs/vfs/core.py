@@ -9,6 +9,7 @@ cause network traffic.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import json
 import logging
@@ -17,9 +18,9 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from recfs.catalog.database import Catalog, Recording
+from recfs.catalog.database import Catalog, Listed, Recording
 from recfs.catalog.writer import NotCopied
 from recfs.content.store import ContentStore, OpenRecording
 from recfs.content.transfer import RecordingLost, TransferFailed
@@ -42,9 +43,11 @@ REFRESH_MARGIN = 60.0
 
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _dir_name_ok(value: str) -> bool:
     """A type or a number from the PBX becomes a directory name only if it is as
-    safe as a recording name (no /, not . or .., printable, not too long)."""
+    safe as a recording name (no /, not . or .., printable, not too long).
+    Remembered: a listing asks it of every file's numbers and type."""
     try:
         check_recording_name(value)
     except BadName:
@@ -82,8 +85,9 @@ class Owner:
         return stat.S_IFDIR | (0o555 & ~self.umask)
 
 
-@dataclass(frozen=True)
-class Attributes:
+class Attributes(NamedTuple):
+    """A tuple: a walk of the tree makes one for each of millions of files."""
+
     ino: int
     mode: int
     nlink: int
@@ -122,6 +126,7 @@ class RecordingsFs:
         self.ensure = ensure
         self.content = content
         self.owner = owner
+        self._file_mode = owner.file_mode
         self.status = status
         self.observe_read = observe_read
         self.tree = DirTree(views, top)
@@ -156,21 +161,25 @@ class RecordingsFs:
                           self.owner.uid, self.owner.gid, node.mtime, DIR_TIMEOUT)
 
     def _file_attributes(self, rec: Recording, size: int | None) -> Attributes:
+        call = rec.call
+        return self._attributes(rec.ino, self._links(call.caller, call.callee, call.type),
+                                rec.mtime, size)
+
+    def _attributes(self, ino: int, nlink: int, mtime: float, size: int | None) -> Attributes:
         # An unknown size is only ever shown with timeout 0, so the kernel asks
         # again (and then waits for the real size) before anyone can use it.
-        return Attributes(rec.ino, self.owner.file_mode, self._links(rec), size or 0,
-                          self.owner.uid, self.owner.gid, rec.mtime,
-                          FILE_TIMEOUT if size is not None else 0.0)
+        return Attributes(ino, self._file_mode, nlink, size or 0, self.owner.uid,
+                          self.owner.gid, mtime, FILE_TIMEOUT if size is not None else 0.0)
 
-    def _links(self, rec: Recording) -> int:
+    def _links(self, caller: str, callee: str, type_: str) -> int:
         """How many directories list the recording: its day, and with the views its
         type's day and the directory of each number that took part. The names are
         hard links of one inode, and saying so lets `cp -a`, `tar` and `rsync -H`
         keep one copy of the bytes instead of one for each view."""
         if self.tree.by_number is None:
             return 1
-        numbers = {n for n in (rec.call.caller, rec.call.callee) if n and _dir_name_ok(n)}
-        return 1 + int(_dir_name_ok(rec.call.type)) + len(numbers)
+        numbers = {n for n in (caller, callee) if n and _dir_name_ok(n)}
+        return 1 + int(_dir_name_ok(type_)) + len(numbers)
 
     async def _exact_file_attributes(self, rec: Recording) -> Attributes:
         try:
@@ -262,17 +271,20 @@ class RecordingsFs:
 
     def _list_files(self, files: Files, after: int) -> Iterator[tuple[str, Attributes, int]]:
         cursor = after
+        known_size = self.content.known_size
         while True:
-            # Small batches: each kernel readdir call takes a few dozen entries and
-            # comes back with the last cursor, so a big batch would be mostly wasted.
+            # Each kernel readdir call takes what fits in its buffer (a hundred or so
+            # entries) and comes back with the last cursor: batches a little larger.
             batch = self._entries(files, cursor)
             if not batch:
                 return
-            for rec in batch:
-                yield rec.name, self._file_attributes(rec, self.content.known_size(rec)), rec.ino
+            for entry in batch:
+                yield entry.name, self._attributes(
+                    entry.ino, self._links(entry.caller, entry.callee, entry.type),
+                    entry.mtime, known_size(entry)), entry.ino
             cursor = batch[-1].ino
 
-    def _entries(self, files: Files, cursor: int) -> list[Recording]:
+    def _entries(self, files: Files, cursor: int) -> list[Listed]:
         kind = files[0]
         if kind == "day":
             return self.catalog.day_entries(files[1], cursor)

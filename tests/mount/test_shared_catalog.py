@@ -39,13 +39,14 @@ def xattrs(path) -> dict[str, bytes]:
     return {name: os.getxattr(path, name) for name in os.listxattr(path)}
 
 
-def archived_all(mount: Mount, count: int) -> bool:
-    backlog = status(mount)["archive"]
-    return backlog["pending"] == 0 and mount_count(mount) >= count
-
-
-def mount_count(mount: Mount) -> int:
-    return status(mount)["recordings"]
+def archived_all(mount: Mount, cdrs: list[dict]) -> bool:
+    """Every one of *cdrs* downloaded (its SHA-256 known) and nothing left to upload:
+    a recording the prefetch has not reached yet is not pending either."""
+    try:
+        downloaded = all(os.getxattr(mount.file_of(cdr), "user.recfs.sha256") for cdr in cdrs)
+    except OSError:
+        return False
+    return downloaded and status(mount)["archive"]["pending"] == 0
 
 
 def test_reader_mount_serves_the_ingest_mounts_tree(sim, s3_bucket, pg_catalog, tmp_path):
@@ -54,7 +55,7 @@ def test_reader_mount_serves_the_ingest_mounts_tree(sim, s3_bucket, pg_catalog, 
     cdrs = [sim.call(duration=2, caller=f"10{i}", callee="2001") for i in range(6)]
     for cdr in cdrs:
         ingest.wait_file(cdr)
-    wait_for(lambda: archived_all(ingest, 6), 30, what="six uploads")
+    wait_for(lambda: archived_all(ingest, cdrs), 30, what="six uploads")
     downloads = sim.stats()["downloads"]
 
     # The reader: no PBX options, SOURCE is the catalog; the archive comes from it too.
@@ -131,7 +132,7 @@ def test_database_restart_under_a_stream_of_reports(sim, s3_bucket, postgres_own
     first = [sim.call(duration=1) for _ in range(3)]
     for cdr in first:
         ingest.wait_file(cdr)
-    wait_for(lambda: archived_all(ingest, 3), 30, what="uploads")
+    wait_for(lambda: archived_all(ingest, first), 30, what="uploads")
     reader = Mount(sim, tmp_path / "reader", *archive[1:], catalog=url)
     for cdr in first:
         reader.file_of(cdr).read_bytes()  # into the reader's cache

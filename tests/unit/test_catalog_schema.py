@@ -4,6 +4,7 @@ in place and with every recording kept (inode numbers included)."""
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,66 @@ def test_a_failed_upgrade_leaves_the_old_catalog_whole(tmp_path, monkeypatch):
     db = sqlite3.connect(tmp_path / "old.sqlite")
     assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("1",)
     assert "last_call" not in {row[1] for row in db.execute("PRAGMA table_info(days)")}
+
+
+V2_SCHEMA = Path(__file__).parent.parent / "data" / "sqlite_schema_v2.sql"
+
+
+def v2_catalog(path) -> dict[str, int]:
+    """A catalog as the previous release left it (its schema text, its triggers
+    keeping the summaries); the inode of each name. The second call is not dated."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(V2_SCHEMA.read_text())
+    for i, call in enumerate(CALLS):
+        db.execute("INSERT INTO recordings (ino, name, day, epoch, added, callid, timestart, "
+                   "caller, callee, type, size, sha256, archive) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (2000 + i, call.name, call.timestart[:10],
+                    None if i == 1 else int(call.callid.split(".")[0]), 1_750_000_000.5 + i,
+                    call.callid, call.timestart, call.caller, call.callee, call.type,
+                    100 * (i + 1), "ab" * 32, "archived"))
+    db.close()
+    return {call.name: 2000 + i for i, call in enumerate(CALLS)}
+
+
+def listing_plan(catalog: Catalog) -> str:
+    return " ".join(row[-1] for row in catalog._db.execute(
+        "EXPLAIN QUERY PLAN SELECT r.ino, r.name, COALESCE(r.epoch, r.added), r.size, "
+        "r.caller, r.callee, r.type FROM recordings r WHERE r.day = ? AND r.ino > ? "
+        "ORDER BY r.ino LIMIT ?", ("2024-06-10", 0, 10)))
+
+
+def test_a_version_2_catalog_gets_the_listing_index_in_place(tmp_path):
+    inodes = v2_catalog(tmp_path / "old.sqlite")
+    before = sqlite3.connect(tmp_path / "old.sqlite")
+    summary_tables = {t: sorted(before.execute(f"SELECT * FROM {t}"))
+                      for t in ("days", "type_days", "numbers", "participants")}
+    before.close()
+    catalog = Catalog(tmp_path / "old.sqlite")
+    assert catalog.meta("schema") == str(SCHEMA_VERSION) == "3"
+    # A day is listed from the index alone; the index it replaces is gone.
+    assert "COVERING INDEX recordings_listing" in listing_plan(catalog)
+    indexes = {name for name, in catalog._db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "recordings_by_day" not in indexes
+    for name, ino in inodes.items():
+        rec = catalog.by_name(name)
+        assert (rec.ino, rec.sha256, rec.archive) == (ino, "ab" * 32, "archived")
+    after = {t: sorted(map(tuple, catalog._db.execute(f"SELECT * FROM {t}")))
+             for t in summary_tables}
+    assert after == summary_tables
+    # What a listing shows is what the recording says, undated call included.
+    for day in ("2024-06-10", "2024-06-11"):
+        listed = catalog.day_entries(day)
+        assert [(e.ino, e.name, e.mtime, e.size, e.caller, e.callee, e.type) for e in listed] == [
+            (r.ino, r.name, r.mtime, r.size, r.call.caller, r.call.callee, r.call.type)
+            for r in catalog.in_day(day)]
+    assert catalog.day_entries("2024-06-10")[1].mtime == 1_750_000_001.5
+
+
+def test_a_new_catalog_lists_days_from_the_index_alone(tmp_path):
+    catalog = Catalog(tmp_path / "c.sqlite")
+    write_calls(catalog, CALLS)
+    assert "COVERING INDEX recordings_listing" in listing_plan(catalog)
+    assert [e.name for e in catalog.day_entries("2024-06-10", limit=1)] == \
+        [r.name for r in catalog.in_day("2024-06-10", limit=1)]
