@@ -17,6 +17,7 @@ import hashlib
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 from pathlib import Path
@@ -205,7 +206,10 @@ def write_lost(db: sqlite3.Connection, ino: int) -> None:
 
 
 class Catalog:
-    def __init__(self, path: Path | str, namespace: str = ""):
+    def __init__(self, path: Path | str, namespace: str = "", *,
+                 upgrading: Callable[[], None] | None = None):
+        """*upgrading*: called every few seconds while an older catalog's schema is
+        brought up to date (recfs/catalog/schema.py), which can take minutes."""
         self.path = Path(path)
         self.namespace = namespace  # the PBX's directory in a mount of several PBXs
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +220,7 @@ class Catalog:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         try:
-            bring_up_to_date(self._db, str(self.path))
+            bring_up_to_date(self._db, str(self.path), upgrading)
         except BaseException:
             self._db.close()
             raise

@@ -30,6 +30,7 @@ from recfs.pbx.clock import META_KEY as OFFSET_KEY, PbxClock
 from recfs.pbx.tls import parse_fingerprint, verification
 from recfs.service.config import MountOptions, OptionError, report_target_fields
 from recfs.service.mountpoint import ConfigurationError, MountError
+from recfs.service.systemd import extend_start
 
 log = logging.getLogger("recfs.service")
 
@@ -86,10 +87,10 @@ def open_catalog(opts: MountOptions, name: str, *, exclusive: bool = True) -> tu
     state_dir = opts.resolved_state_dir()
     settings = opts.catalog_settings()
     if settings is None:
-        catalog = Catalog(state_dir / "catalog.sqlite", namespace=name)
+        catalog = Catalog(state_dir / "catalog.sqlite", namespace=name, upgrading=extend_start)
         watch = CatalogWatch(catalog)
         return catalog, watch, CatalogWriter(catalog, watch)
-    catalog = Catalog(state_dir / "replica.sqlite", namespace=name)
+    catalog = Catalog(state_dir / "replica.sqlite", namespace=name, upgrading=extend_start)
     watch = CatalogWatch(catalog)
     backend = SharedBackend(settings, PbxKey(opts.catalog_name or name or opts.slug, name),
                             catalog, ingest=True, exclusive=exclusive, source=opts.source,
@@ -102,7 +103,7 @@ def open_replica(settings: PgSettings, pbx: PbxKey, path: Path) -> tuple[
     """A reader mount's view of one PBX of a shared catalog: its local replica, and
     the writer thread that keeps it (and never writes the shared catalog). A new
     replica is filled lazily: the mount is up at once, whatever the catalog holds."""
-    catalog = Catalog(path, namespace=pbx.namespace)
+    catalog = Catalog(path, namespace=pbx.namespace, upgrading=extend_start)
     watch = CatalogWatch(catalog)
     backend: Backend = SharedBackend(settings, pbx, catalog, ingest=False, lazy=True)
     return catalog, watch, CatalogWriter(catalog, watch, backend)

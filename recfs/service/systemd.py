@@ -20,3 +20,14 @@ def notify(state: str) -> bool:
         except OSError:
             return False
     return True
+
+
+# How long systemd is to wait for the next sign of life while the mount is starting.
+EXTEND_SECONDS = 30
+
+
+def extend_start() -> None:
+    """Long work before READY=1 (an upgrade of a big catalog: schema.py calls this
+    every few seconds while it runs) is no reason for systemd's start timeout to kill
+    the mount, and with it the upgrade, again at every restart."""
+    notify(f"EXTEND_TIMEOUT_USEC={EXTEND_SECONDS * 1_000_000}\nSTATUS=upgrading the catalog")

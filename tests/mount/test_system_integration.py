@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from recfs.catalog.database import file_ino
+from tests.catalog_util import v2_catalog
 from tests.ci import unavailable
 
 from tests.mount.harness import Mount, wait_for
@@ -89,6 +91,39 @@ def test_systemd_notify_ready_and_stopping(sim, tmp_path):
             mount.proc.terminate()
             assert "STOPPING=1" in listener.recv(4096).decode()
             assert mount.proc.wait(30) == 0
+        finally:
+            mount.cleanup()
+
+
+def test_an_upgrade_of_a_big_catalog_asks_systemd_for_time(sim, tmp_path):
+    """The first start after an upgrade may rebuild an index of millions of rows:
+    systemd hears about it (EXTEND_TIMEOUT_USEC) before READY=1, so its start timeout
+    does not kill the mount (and the upgrade) at every restart; the tree is intact."""
+    state = tmp_path / "old" / "state"
+    state.mkdir(parents=True)
+    rows = []
+    for k in range(20_000):
+        day = f"2023-01-0{2 + k % 2}"
+        caller = str(100 + k % 7)
+        name = f"{day.replace('-', '')}1200{k % 60:02d}-1672660800.{k}-{caller}-2001-Inbound.wav"
+        rows.append((file_ino(name), name, day, 1_672_660_800 + k, 1_672_660_900.0 + k,
+                     f"1672660800.{k}", f"{day} 12:00:00", caller, "2001", "Inbound",
+                     1000 + k, None, None))
+    v2_catalog(state / "catalog.sqlite", rows)
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        listener.settimeout(60)
+        mount = Mount(sim, tmp_path / "old", "prefetch=none", env={"NOTIFY_SOCKET": address})
+        try:
+            first = listener.recv(4096).decode()
+            assert "EXTEND_TIMEOUT_USEC=" in first and "STATUS=upgrading the catalog" in first
+            while "READY=1" not in (message := listener.recv(4096).decode()):
+                assert "EXTEND_TIMEOUT_USEC=" in message
+            day = mount.path / "2023" / "01" / "03"
+            assert len(os.listdir(day)) == 10_000
+            assert os.stat(day / rows[1][1]).st_ino == rows[1][0]
+            assert "building the catalog's listing index" in mount.log_path.read_text()
         finally:
             mount.cleanup()
 

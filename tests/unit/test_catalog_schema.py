@@ -4,14 +4,13 @@ in place and with every recording kept (inode numbers included)."""
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import pytest
 
 from recfs.catalog.database import Catalog
 from recfs.catalog.schema import SCHEMA_VERSION, SchemaError
 from recfs.pbx.reports import CallRecord
-from tests.catalog_util import write_calls
+from tests.catalog_util import v2_catalog, write_calls
 
 # Version 1, as recfs 0.1 created it (schema text of that release).
 V1_TABLES = """
@@ -180,23 +179,13 @@ def test_a_failed_upgrade_leaves_the_old_catalog_whole(tmp_path, monkeypatch):
     assert "last_call" not in {row[1] for row in db.execute("PRAGMA table_info(days)")}
 
 
-V2_SCHEMA = Path(__file__).parent.parent / "data" / "sqlite_schema_v2.sql"
-
-
-def v2_catalog(path) -> dict[str, int]:
-    """A catalog as the previous release left it (its schema text, its triggers
-    keeping the summaries); the inode of each name. The second call is not dated."""
-    db = sqlite3.connect(path, isolation_level=None)
-    db.executescript(V2_SCHEMA.read_text())
-    for i, call in enumerate(CALLS):
-        db.execute("INSERT INTO recordings (ino, name, day, epoch, added, callid, timestart, "
-                   "caller, callee, type, size, sha256, archive) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (2000 + i, call.name, call.timestart[:10],
-                    None if i == 1 else int(call.callid.split(".")[0]), 1_750_000_000.5 + i,
-                    call.callid, call.timestart, call.caller, call.callee, call.type,
-                    100 * (i + 1), "ab" * 32, "archived"))
-    db.close()
+def old_catalog(path) -> dict[str, int]:
+    """A schema-2 catalog of CALLS (the second one not dated); the inode of each name."""
+    v2_catalog(path, [
+        (2000 + i, call.name, call.timestart[:10],
+         None if i == 1 else int(call.callid.split(".")[0]), 1_750_000_000.5 + i, call.callid,
+         call.timestart, call.caller, call.callee, call.type, 100 * (i + 1), "ab" * 32, "archived")
+        for i, call in enumerate(CALLS)])
     return {call.name: 2000 + i for i, call in enumerate(CALLS)}
 
 
@@ -208,7 +197,13 @@ def listing_plan(catalog: Catalog) -> str:
 
 
 def test_a_version_2_catalog_gets_the_listing_index_in_place(tmp_path):
-    inodes = v2_catalog(tmp_path / "old.sqlite")
+    old_catalog(tmp_path / "beats.sqlite")
+    beats: list[str] = []
+    Catalog(tmp_path / "beats.sqlite", upgrading=lambda: beats.append("upgrading")).close()
+    assert beats == ["upgrading"]  # told at once (then every few seconds while it runs)
+    Catalog(tmp_path / "beats.sqlite", upgrading=lambda: beats.append("again")).close()
+    assert beats == ["upgrading"]  # a current catalog is no upgrade
+    inodes = old_catalog(tmp_path / "old.sqlite")
     before = sqlite3.connect(tmp_path / "old.sqlite")
     summary_tables = {t: sorted(before.execute(f"SELECT * FROM {t}"))
                       for t in ("days", "type_days", "numbers", "participants")}
