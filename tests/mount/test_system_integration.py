@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,24 +80,31 @@ def test_fstab_line(sim, tmp_path, mount_helper_installed):
     _check_and_unmount(sim, work / "mnt", work / "recfs.log")
 
 
-def test_systemd_notify_ready_and_stopping(sim, tmp_path):
-    address = str(tmp_path / "notify.sock")
+@contextlib.contextmanager
+def under_systemd(sim, workdir: Path) -> Iterator[tuple[Mount, socket.socket]]:
+    """A mount started as by a Type=notify unit, and the socket systemd would read."""
+    address = str(workdir.parent / f"{workdir.name}.sock")  # AF_UNIX: at most 107 bytes
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(address)
-        listener.settimeout(30)
-        mount = Mount(sim, tmp_path / "sd", "prefetch=none", env={"NOTIFY_SOCKET": address})
+        listener.settimeout(60)
+        mount = Mount(sim, workdir, "prefetch=none", env={"NOTIFY_SOCKET": address})
         try:
-            message = listener.recv(4096).decode()
-            assert "READY=1" in message
-            assert os.path.ismount(mount.path), "READY=1 came before the mount was usable"
-            mount.proc.terminate()
-            assert "STOPPING=1" in listener.recv(4096).decode()
-            assert mount.proc.wait(30) == 0
+            yield mount, listener
         finally:
             mount.cleanup()
 
 
-def test_an_upgrade_of_a_big_catalog_asks_systemd_for_time(sim, tmp_path):
+def test_systemd_notify_ready_and_stopping(sim, tmp_path):
+    with under_systemd(sim, tmp_path / "sd") as (mount, listener):
+        message = listener.recv(4096).decode()
+        assert "READY=1" in message
+        assert os.path.ismount(mount.path), "READY=1 came before the mount was usable"
+        mount.proc.terminate()
+        assert "STOPPING=1" in listener.recv(4096).decode()
+        assert mount.proc.wait(30) == 0
+
+
+def test_a_catalog_upgrade_asks_systemd_for_time(sim, tmp_path):
     """The first start after an upgrade may rebuild an index of millions of rows:
     systemd hears about it (EXTEND_TIMEOUT_USEC) before READY=1, so its start timeout
     does not kill the mount (and the upgrade) at every restart; the tree is intact."""
@@ -110,22 +119,15 @@ def test_an_upgrade_of_a_big_catalog_asks_systemd_for_time(sim, tmp_path):
                      f"1672660800.{k}", f"{day} 12:00:00", caller, "2001", "Inbound",
                      1000 + k, None, None))
     v2_catalog(state / "catalog.sqlite", rows)
-    address = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
-        listener.bind(address)
-        listener.settimeout(60)
-        mount = Mount(sim, tmp_path / "old", "prefetch=none", env={"NOTIFY_SOCKET": address})
-        try:
-            first = listener.recv(4096).decode()
-            assert "EXTEND_TIMEOUT_USEC=" in first and "STATUS=upgrading the catalog" in first
-            while "READY=1" not in (message := listener.recv(4096).decode()):
-                assert "EXTEND_TIMEOUT_USEC=" in message
-            day = mount.path / "2023" / "01" / "03"
-            assert len(os.listdir(day)) == 10_000
-            assert os.stat(day / rows[1][1]).st_ino == rows[1][0]
-            assert "building the catalog's listing index" in mount.log_path.read_text()
-        finally:
-            mount.cleanup()
+    with under_systemd(sim, tmp_path / "old") as (mount, listener):
+        first = listener.recv(4096).decode()
+        assert "EXTEND_TIMEOUT_USEC=" in first and "STATUS=upgrading the catalog" in first
+        while "READY=1" not in (message := listener.recv(4096).decode()):
+            assert "EXTEND_TIMEOUT_USEC=" in message
+        day = mount.path / "2023" / "01" / "03"
+        assert len(os.listdir(day)) == 10_000
+        assert os.stat(day / rows[1][1]).st_ino == rows[1][0]
+        assert "building the catalog's listing index" in mount.log_path.read_text()
 
 
 def test_runs_without_home_or_path(sim, tmp_path):
