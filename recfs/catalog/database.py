@@ -78,6 +78,10 @@ class ArchiveBacklog:
     last_error: str | None
 
 
+# Rows of a listing fetched at once (vfs/core.py, RecordingsFs._list_files).
+LISTING_BATCH = 256
+
+
 class Listed(NamedTuple):
     """What a directory listing shows of a recording (the numbers and the type
     give its link count): a tuple, as a walk of the tree makes millions of them."""
@@ -271,17 +275,19 @@ class Catalog:
         ).fetchall()
         return [self._recording(r) for r in rows]
 
-    def day_entries(self, day: str, after_ino: int = 0, limit: int = 256) -> list[Listed]:
+    def day_entries(self, day: str, after_ino: int = 0,
+                    limit: int = LISTING_BATCH) -> list[Listed]:
         """A day's listing from after *after_ino*, read from the listing index alone
         (schema.py): only what a directory entry needs."""
         return self._entries("FROM recordings r WHERE r.day = ?", (day,), after_ino, limit)
 
     def type_day_entries(self, type_: str, day: str, after_ino: int = 0,
-                         limit: int = 256) -> list[Listed]:
+                         limit: int = LISTING_BATCH) -> list[Listed]:
         return self._entries("FROM recordings r WHERE r.type = ? AND r.day = ?", (type_, day),
                              after_ino, limit)
 
-    def number_entries(self, number: str, after_ino: int = 0, limit: int = 256) -> list[Listed]:
+    def number_entries(self, number: str, after_ino: int = 0,
+                       limit: int = LISTING_BATCH) -> list[Listed]:
         """Every recording of a call in which *number* took part (caller or callee)."""
         return self._entries("FROM participants p JOIN recordings r ON r.ino = p.ino "
                              "WHERE p.number = ?", (number,), after_ino, limit)

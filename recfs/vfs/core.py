@@ -76,11 +76,12 @@ class Owner:
     gid: int
     umask: int = 0o022
 
-    @property
+    # Computed once: a listing asks for them for every entry.
+    @functools.cached_property
     def file_mode(self) -> int:
         return stat.S_IFREG | (0o444 & ~self.umask)
 
-    @property
+    @functools.cached_property
     def dir_mode(self) -> int:
         return stat.S_IFDIR | (0o555 & ~self.umask)
 
@@ -126,7 +127,6 @@ class RecordingsFs:
         self.ensure = ensure
         self.content = content
         self.owner = owner
-        self._file_mode = owner.file_mode
         self.status = status
         self.observe_read = observe_read
         self.tree = DirTree(views, top)
@@ -168,7 +168,7 @@ class RecordingsFs:
     def _attributes(self, ino: int, nlink: int, mtime: float, size: int | None) -> Attributes:
         # An unknown size is only ever shown with timeout 0, so the kernel asks
         # again (and then waits for the real size) before anyone can use it.
-        return Attributes(ino, self._file_mode, nlink, size or 0, self.owner.uid,
+        return Attributes(ino, self.owner.file_mode, nlink, size or 0, self.owner.uid,
                           self.owner.gid, mtime, FILE_TIMEOUT if size is not None else 0.0)
 
     def _links(self, caller: str, callee: str, type_: str) -> int:
@@ -273,8 +273,9 @@ class RecordingsFs:
         cursor = after
         known_size = self.content.known_size
         while True:
-            # Each kernel readdir call takes what fits in its buffer (a hundred or so
-            # entries) and comes back with the last cursor: batches a little larger.
+            # Each kernel readdir call takes what fits in its buffer (300 to 600
+            # entries) and comes back with the last cursor: what a batch has left
+            # over is read again, so batches are not much larger than that.
             batch = self._entries(files, cursor)
             if not batch:
                 return

@@ -190,10 +190,13 @@ def old_catalog(path) -> dict[str, int]:
 
 
 def listing_plan(catalog: Catalog) -> str:
-    return " ".join(row[-1] for row in catalog._db.execute(
-        "EXPLAIN QUERY PLAN SELECT r.ino, r.name, COALESCE(r.epoch, r.added), r.size, "
-        "r.caller, r.callee, r.type FROM recordings r WHERE r.day = ? AND r.ino > ? "
-        "ORDER BY r.ino LIMIT ?", ("2024-06-10", 0, 10)))
+    """How SQLite runs the query Catalog.day_entries sends."""
+    sent: list[str] = []
+    catalog._db.set_trace_callback(sent.append)
+    catalog.day_entries("2024-06-10")
+    catalog._db.set_trace_callback(None)
+    (query,) = sent
+    return " ".join(row[-1] for row in catalog._db.execute(f"EXPLAIN QUERY PLAN {query}"))
 
 
 def test_a_version_2_catalog_gets_the_listing_index_in_place(tmp_path):
